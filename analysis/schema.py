@@ -1,0 +1,50 @@
+"""The record schema shared by the writer (peft_hooks) and the readers (analysis).
+
+A run folder holds ``run.json`` (what was run) and the budget records: one row per adapted module
+per recorded step, as Parquet. While a run is live, records are part files in ``records/``;
+when it closes they are compacted into one ``records.parquet``. Both read with plain pandas:
+``pd.read_parquet(run / "records.parquet")`` or ``pd.read_parquet(run / "records")``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+RUN_META_FILE = "run.json"
+RECORDS_FILE = "records.parquet"
+RECORDS_PARTS_DIR = "records"
+
+PHASES = ("warmup", "budgeting", "final")
+
+# (column, type, meaning): the meaning column is the documentation of the schema.
+COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("schema_version", pa.int16(), "version of this schema"),
+    ("benchmark", pa.string(), "benchmark (task) the run trained on"),
+    ("seed", pa.int64(), "the run's random seed"),
+    ("step", pa.int64(), "optimizer steps completed, this one included (global_step + 1)"),
+    ("global_step", pa.int64(), "the 0-based step passed to peft's update_and_allocate"),
+    ("phase", pa.string(), "AdaLoRA phase at this step: warmup, budgeting or final"),
+    ("mask_step", pa.bool_(), "peft masked singular values at this step"),
+    ("module", pa.string(), "full module name in the base model"),
+    ("sublayer", pa.string(), "grammar label L{layer:02d}.{block}.{proj}"),
+    ("layer", pa.int16(), "Q-Former layer index"),
+    ("block", pa.string(), "self_attn, cross_attn, ffn_query or ffn_text"),
+    ("proj", pa.string(), "query, key, value, output, intermediate"),
+    ("in_features", pa.int32(), "input width of the Linear"),
+    ("out_features", pa.int32(), "output width of the Linear"),
+    ("init_r", pa.int16(), "initial rank (AdaLoRA init_r)"),
+    ("rank", pa.int16(), "kept rank after this step (init_r before the first mask)"),
+    ("score", pa.float64(), "sum of AdaLoRA triplet scores over the init_r directions; NaN once peft cleared them"),
+    ("direction_scores", pa.list_(pa.float32()), "AdaLoRA triplet score of each direction; null once cleared"),
+    ("direction_kept", pa.list_(pa.bool_()), "which directions are kept (the module's rank_pattern)"),
+    ("budget", pa.int64(), "total rank budget of budget_schedule at this step"),
+    ("threshold", pa.float64(), "mask threshold (kthvalue of all triplet scores); NaN if not a mask step"),
+)
+
+RECORD_SCHEMA = pa.schema(
+    [pa.field(name, dtype) for name, dtype, _ in COLUMNS],
+    metadata={"qformer_budget.schema_version": str(SCHEMA_VERSION)},
+)
+COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)

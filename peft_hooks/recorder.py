@@ -1,0 +1,242 @@
+"""The budget recorder: drives peft's AdaLoRA allocation and records it, step by step.
+
+``BudgetRecorder.step(model, global_step)`` replaces your call to
+``model.base_model.update_and_allocate(global_step)``: call it after ``optimizer.step()`` and
+before ``optimizer.zero_grad()``, once per optimizer step, with 0-based steps.
+
+Scores are read from peft's own rank allocator with peft's own element and triplet functions,
+so they are the numbers peft masks with. At the final mask step (``total_step - tfinal``) peft
+masks with the averages it already holds and then clears them, so they are read before the
+call there and after the call everywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import torch
+from peft.tuners.adalora import AdaLoraModel
+from peft.tuners.adalora.layer import AdaLoraLayer
+
+from analysis.schema import SCHEMA_VERSION
+
+from .records import ModuleInfo, StepRecord
+from .sinks import ParquetSink, RecordSink
+from .setup import find_adalora_model
+
+
+def is_main_process() -> bool:
+    """True unless torch.distributed runs and this is not the process of rank 0."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _package_versions() -> dict[str, str]:
+    found = {}
+    for name in ("qformer-budget", "torch", "transformers", "peft"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def adapted_modules(adalora: AdaLoraModel, adapter: str) -> tuple[ModuleInfo, ...]:
+    """The modules carrying the adapter, in model order."""
+    found = []
+    for name, module in adalora.model.named_modules():
+        if isinstance(module, AdaLoraLayer) and adapter in module.lora_E:
+            found.append(ModuleInfo(name, module.in_features, module.out_features))
+    return tuple(found)
+
+
+def triplet_scores(adalora: AdaLoraModel, modules: tuple[ModuleInfo, ...], adapter: str) -> torch.Tensor | None:
+    """AdaLoRA's triplet score of every direction, ``(n_modules, init_r)``, as peft computes it for masking.
+
+    None when peft holds no importance averages (before the first update, after they are cleared).
+    """
+    allocator = adalora.rankallocator
+    if not allocator.exp_avg_ipt:
+        return None
+    rows = []
+    for info in modules:
+        key = f"{info.module}.%s.{adapter}"
+        comb_a = torch.mean(allocator._element_score(key % "lora_A"), dim=1, keepdim=True)
+        comb_b = torch.mean(allocator._element_score(key % "lora_B"), dim=0, keepdim=False).view(-1, 1)
+        ipt_e = allocator._element_score(key % "lora_E")
+        rows.append(allocator._combine_ipt(ipt_e, torch.cat([comb_a, comb_b], dim=1)))
+    return torch.stack(rows)
+
+
+def _kept_directions(
+    rank_pattern: dict[str, Any] | None, modules: tuple[ModuleInfo, ...], adapter: str, init_r: int
+) -> np.ndarray:
+    """Directions kept per module from peft's rank_pattern; all kept before the first mask.
+
+    peft's ``save_pretrained`` renames the live keys (drops ``.{adapter}``), so both forms are accepted.
+    """
+    kept = np.ones((len(modules), init_r), dtype=bool)
+    if rank_pattern is None:
+        return kept
+    for i, info in enumerate(modules):
+        for key in (f"{info.module}.lora_E.{adapter}", f"{info.module}.lora_E"):
+            if key in rank_pattern:
+                kept[i] = np.asarray(rank_pattern[key], dtype=bool).reshape(-1)
+                break
+        else:
+            raise KeyError(f"peft's rank_pattern has no entry for adapted module {info.module!r}")
+    return kept
+
+
+class BudgetRecorder:
+    """Drives AdaLoRA's allocation and records rank and importance of every adapted module.
+
+    Records are taken on every step that is a multiple of ``record_every`` (default: the
+    config's ``deltaT``), on every mask step, and on the last step. Use it as a context manager,
+    or call :meth:`close`; only the process of rank 0 writes.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike | None,
+        *,
+        benchmark: str = "unspecified",
+        seed: int = 0,
+        record_every: int | None = None,
+        sinks: list[RecordSink] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if record_every is not None and record_every < 1:
+            raise ValueError(f"record_every must be >= 1, got {record_every}")
+        self.benchmark = benchmark
+        self.seed = int(seed)
+        self.record_every = record_every
+        self.meta = dict(meta or {})
+        self.sinks: list[RecordSink] = []
+        if is_main_process():
+            if run_dir is not None:
+                self.sinks.append(ParquetSink(run_dir))
+            self.sinks.extend(sinks or [])
+        self._modules: tuple[ModuleInfo, ...] | None = None
+        self._last_step: int | None = None
+        self._closed = False
+
+    def _start(self, adalora: AdaLoraModel) -> None:
+        adapter = adalora.trainable_adapter_name
+        self._modules = adapted_modules(adalora, adapter)
+        # The parameters peft's update_ipt reads gradients from, with its own name filter.
+        self._lora_params = [(n, p) for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n]
+        config = adalora.peft_config[adapter]
+        if self.record_every is None:
+            self.record_every = config.deltaT
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "benchmark": self.benchmark,
+            "seed": self.seed,
+            "record_every": self.record_every,
+            "adalora": {
+                key: getattr(config, key)
+                for key in ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
+            }
+            | {"total_step": config.total_step, "target_modules": str(config.target_modules)},
+            "modules": [m.module for m in self._modules],
+            "versions": _package_versions(),
+        } | self.meta
+        for sink in self.sinks:
+            sink.start(meta)
+
+    def step(self, model: torch.nn.Module, global_step: int) -> StepRecord | None:
+        """Run peft's ``update_and_allocate(global_step)`` and record the step if it is due."""
+        if self._closed:
+            raise RuntimeError("this BudgetRecorder is closed")
+        if self._last_step is not None and global_step <= self._last_step:
+            raise ValueError(
+                f"step() got global_step {global_step} after {self._last_step}: call it once per optimizer step "
+                "with increasing 0-based steps (not once per micro-batch)"
+            )
+        adalora = find_adalora_model(model)
+        if self._modules is None:
+            self._start(adalora)
+        adapter = adalora.trainable_adapter_name
+        config = adalora.peft_config[adapter]
+        final_mask_step = config.total_step - config.tfinal
+        if global_step < final_mask_step:
+            self._check_gradients()
+
+        due = (
+            global_step % self.record_every == 0
+            or global_step == final_mask_step
+            or global_step == config.total_step - 1
+            or (global_step < final_mask_step and adalora.rankallocator.budget_schedule(global_step)[1])
+        )
+        scores = triplet_scores(adalora, self._modules, adapter) if due and global_step == final_mask_step else None
+        adalora.update_and_allocate(global_step)
+        self._last_step = global_step
+        if not due:
+            return None
+        if global_step < final_mask_step:
+            scores = triplet_scores(adalora, self._modules, adapter)
+        record = self._make_record(adalora, config, global_step, scores)
+        for sink in self.sinks:
+            sink.write(record)
+        return record
+
+    def _make_record(self, adalora: AdaLoraModel, config, global_step: int, scores: torch.Tensor | None) -> StepRecord:
+        allocator = adalora.rankallocator
+        final_mask_step = config.total_step - config.tfinal
+        budget, mask_ind = allocator.budget_schedule(global_step)
+        mask_step = global_step == final_mask_step or (global_step < final_mask_step and mask_ind)
+        threshold = float("nan")
+        if mask_step and scores is not None:
+            threshold = torch.kthvalue(scores.reshape(-1), k=allocator.init_bgt - budget)[0].item()
+        if global_step <= config.tinit:
+            phase = "warmup"
+        elif global_step <= final_mask_step:
+            phase = "budgeting"
+        else:
+            phase = "final"
+        return StepRecord(
+            benchmark=self.benchmark,
+            seed=self.seed,
+            global_step=global_step,
+            phase=phase,
+            mask_step=mask_step,
+            budget=int(budget),
+            threshold=threshold,
+            init_r=config.init_r,
+            modules=self._modules,
+            direction_kept=_kept_directions(config.rank_pattern, self._modules, adalora.trainable_adapter_name, config.init_r),
+            direction_scores=None if scores is None else scores.detach().to("cpu", torch.float32).numpy(),
+        )
+
+    def _check_gradients(self) -> None:
+        for name, param in self._lora_params:
+            if param.grad is None:
+                raise RuntimeError(
+                    f"AdaLoRA parameter {name} has no gradient: call step() after optimizer.step() and before "
+                    "optimizer.zero_grad() (with the Trainer, AdaLoraBudgetCallback does this in on_optimizer_step)"
+                )
+
+    def close(self, status: str = "finished") -> None:
+        """Flush and close every sink; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.close(status)
+            except Exception as exc:  # close every sink before reporting
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> BudgetRecorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("failed" if exc_type is not None else "finished")

@@ -1,0 +1,102 @@
+"""One recorded step, held as plain numpy arrays so that encoding can happen off the training thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from analysis.schema import RECORD_SCHEMA, SCHEMA_VERSION
+
+from .taxonomy import parse_sublayer
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """An adapted module: its name in the base model and where it sits in the Q-Former."""
+
+    module: str
+    in_features: int
+    out_features: int
+
+    @property
+    def sublayer(self):
+        return parse_sublayer(self.module)
+
+    @property
+    def label(self) -> str:
+        sub = self.sublayer
+        return sub.label if sub is not None else self.module
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Everything recorded at one allocation step; per-module arrays follow ``modules``' order."""
+
+    benchmark: str
+    seed: int
+    global_step: int
+    phase: str
+    mask_step: bool
+    budget: int
+    threshold: float
+    init_r: int
+    modules: tuple[ModuleInfo, ...]
+    direction_kept: np.ndarray  # (n_modules, init_r) bool
+    direction_scores: np.ndarray | None  # (n_modules, init_r) float32; None once peft cleared its scores
+
+    @property
+    def step(self) -> int:
+        return self.global_step + 1
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return self.direction_kept.sum(axis=1)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Per-module importance: the sum of the triplet scores, in float64."""
+        if self.direction_scores is None:
+            return np.full(len(self.modules), np.nan)
+        return self.direction_scores.astype(np.float64).sum(axis=1)
+
+    def to_table(self) -> pa.Table:
+        """The tidy rows of this step: one per module, in ``RECORD_SCHEMA``."""
+        n = len(self.modules)
+        subs = [m.sublayer for m in self.modules]
+        r = self.init_r
+        kept = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * r, r, dtype=np.int32)), pa.array(self.direction_kept.reshape(-1))
+        )
+        if self.direction_scores is None:
+            dir_scores = pa.nulls(n, pa.list_(pa.float32()))
+        else:
+            dir_scores = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * r, r, dtype=np.int32)),
+                pa.array(self.direction_scores.reshape(-1).astype(np.float32)),
+            )
+        columns = {
+            "schema_version": pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int16)),
+            "benchmark": pa.array([self.benchmark] * n, pa.string()),
+            "seed": pa.array(np.full(n, self.seed, dtype=np.int64)),
+            "step": pa.array(np.full(n, self.step, dtype=np.int64)),
+            "global_step": pa.array(np.full(n, self.global_step, dtype=np.int64)),
+            "phase": pa.array([self.phase] * n, pa.string()),
+            "mask_step": pa.array(np.full(n, self.mask_step, dtype=bool)),
+            "module": pa.array([m.module for m in self.modules], pa.string()),
+            "sublayer": pa.array([m.label for m in self.modules], pa.string()),
+            "layer": pa.array([s.layer if s else None for s in subs], pa.int16()),
+            "block": pa.array([s.block if s else "other" for s in subs], pa.string()),
+            "proj": pa.array([s.proj if s else m.module.rsplit(".", 1)[-1] for s, m in zip(subs, self.modules)]),
+            "in_features": pa.array([m.in_features for m in self.modules], pa.int32()),
+            "out_features": pa.array([m.out_features for m in self.modules], pa.int32()),
+            "init_r": pa.array(np.full(n, r, dtype=np.int16)),
+            "rank": pa.array(self.ranks.astype(np.int16)),
+            "score": pa.array(self.scores),
+            "direction_scores": dir_scores,
+            "direction_kept": kept,
+            "budget": pa.array(np.full(n, self.budget, dtype=np.int64)),
+            "threshold": pa.array(np.full(n, self.threshold, dtype=np.float64)),
+        }
+        return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)

@@ -1,0 +1,145 @@
+"""Record sinks: where recorded steps go. One small interface, several destinations.
+
+Flush policy of :class:`ParquetSink` (the run folder that ``analysis.load_runs`` reads):
+
+- ``write`` only puts the step on a queue; a background thread encodes it. Each time the thread
+  wakes it takes every step queued so far and writes them as one Parquet part file in
+  ``records/``: first to a hidden temporary file, then fsync, then an atomic rename. A step is
+  durable once its part is renamed into place, normally milliseconds after ``write``; a process
+  killed with SIGKILL loses at most the steps still queued or being written, and never leaves a
+  half-written part where readers look (readers skip names starting with ``.``).
+- ``close`` drains the queue, compacts the parts into one ``records.parquet`` (temporary file,
+  fsync, rename; the parts are removed only after that) and marks the run ``finished`` or
+  ``failed`` in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.schema import RECORD_SCHEMA, RECORDS_FILE, RECORDS_PARTS_DIR, RUN_META_FILE
+
+from .records import StepRecord
+
+
+class RecordSink:
+    """Interface of a sink: ``start`` once with the run's metadata, ``write`` per step, ``close`` once."""
+
+    def start(self, meta: dict[str, Any]) -> None:
+        pass
+
+    def write(self, record: StepRecord) -> None:
+        raise NotImplementedError
+
+    def close(self, status: str) -> None:
+        pass
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_STOP = object()
+
+
+class ParquetSink(RecordSink):
+    """Writes a run folder: ``run.json`` and the budget records as Parquet (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.parts_dir = self.run_dir / RECORDS_PARTS_DIR
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._meta: dict[str, Any] = {}
+        self._parts_written = 0
+        self._steps_written = 0
+
+    def start(self, meta: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / RECORDS_FILE).exists() or (self.parts_dir.exists() and any(self.parts_dir.iterdir())):
+            raise FileExistsError(
+                f"{self.run_dir} already holds budget records; give each run its own folder "
+                "(or remove the old records) so that nothing recorded is overwritten"
+            )
+        self.parts_dir.mkdir(exist_ok=True)
+        self._meta = dict(meta, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)
+        self._thread = threading.Thread(target=self._drain, name="qformer-budget-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, record: StepRecord) -> None:
+        self._raise_writer_error()
+        self._queue.put(record)
+
+    def _drain(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is _STOP
+            records = [r for r in batch if r is not _STOP]
+            if records and self._error is None:
+                try:
+                    table = pa.concat_tables([r.to_table() for r in records])
+                    _write_parquet_atomic(table, self.parts_dir / f"part-{self._parts_written:06d}.parquet")
+                    self._parts_written += 1
+                    self._steps_written += len(records)
+                except BaseException as exc:  # reported on the training thread by write/close
+                    self._error = exc
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(
+                f"writing budget records under {self.parts_dir} failed: {self._error!r}; "
+                f"the {self._steps_written} steps written before are intact"
+            ) from self._error
+
+    def close(self, status: str = "finished") -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+        self._raise_writer_error()
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        if parts:
+            table = pa.concat_tables([pq.read_table(p, schema=RECORD_SCHEMA) for p in parts])
+            _write_parquet_atomic(table.replace_schema_metadata(RECORD_SCHEMA.metadata), self.run_dir / RECORDS_FILE)
+        shutil.rmtree(self.parts_dir)
+        self._meta.update(
+            status=status,
+            recorded_steps=self._steps_written,
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)

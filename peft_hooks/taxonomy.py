@@ -1,0 +1,150 @@
+"""The one naming grammar for Q-Former sublayers.
+
+Every Linear layer of a Q-Former is named by ``(layer, block, proj)``:
+
+- ``block`` is ``self_attn``, ``cross_attn``, ``ffn_query`` (the FFN that only query tokens pass
+  through) or ``ffn_text`` (the FFN that only instruction-text tokens pass through);
+- ``proj`` is ``query``, ``key``, ``value``, ``output`` for attention blocks and ``intermediate``,
+  ``output`` for FFN blocks.
+
+Its string form, :func:`sublayer_label`, is ``L{layer:02d}.{block}.{proj}`` (``L03.cross_attn.value``)
+and is used for table keys, TensorBoard tags and figure labels alike.
+
+Both the transformers names (InstructBLIP, InstructBLIP-Video, BLIP-2:
+``qformer.encoder.layer.3.crossattention.attention.value``) and the LAVIS names
+(``Qformer.bert.encoder.layer.3.crossattention.self.value``) are understood, with any prefix
+(``base_model.model.`` from peft, ``module.`` from DDP).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+BLOCKS: tuple[str, ...] = ("self_attn", "cross_attn", "ffn_query", "ffn_text")
+ATTENTION_PROJS: tuple[str, ...] = ("query", "key", "value", "output")
+FFN_PROJS: tuple[str, ...] = ("intermediate", "output")
+BLOCK_PROJS: dict[str, tuple[str, ...]] = {
+    "self_attn": ATTENTION_PROJS,
+    "cross_attn": ATTENTION_PROJS,
+    "ffn_query": FFN_PROJS,
+    "ffn_text": FFN_PROJS,
+}
+
+# Module-name suffix (after ``encoder.layer.N.``) of every sublayer, in both naming conventions.
+_SUFFIXES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("self_attn", "query"): ("attention.attention.query", "attention.self.query"),
+    ("self_attn", "key"): ("attention.attention.key", "attention.self.key"),
+    ("self_attn", "value"): ("attention.attention.value", "attention.self.value"),
+    ("self_attn", "output"): ("attention.output.dense",),
+    ("cross_attn", "query"): ("crossattention.attention.query", "crossattention.self.query"),
+    ("cross_attn", "key"): ("crossattention.attention.key", "crossattention.self.key"),
+    ("cross_attn", "value"): ("crossattention.attention.value", "crossattention.self.value"),
+    ("cross_attn", "output"): ("crossattention.output.dense",),
+    ("ffn_query", "intermediate"): ("intermediate_query.dense",),
+    ("ffn_query", "output"): ("output_query.dense",),
+    ("ffn_text", "intermediate"): ("intermediate.dense",),
+    ("ffn_text", "output"): ("output.dense",),
+}
+_SUFFIX_TO_SUBLAYER = {suffix: key for key, suffixes in _SUFFIXES.items() for suffix in suffixes}
+_ENCODER_PREFIX = r"(?:.*\.)?(?:qformer|Qformer\.bert)\.encoder\.layer\."
+_NAME_RE = re.compile(_ENCODER_PREFIX + r"(?P<layer>\d+)\.(?P<suffix>.+)")
+
+
+class Sublayer(NamedTuple):
+    """Where a Linear layer sits in the Q-Former."""
+
+    layer: int
+    block: str
+    proj: str
+
+    @property
+    def label(self) -> str:
+        return sublayer_label(self.layer, self.block, self.proj)
+
+
+def parse_sublayer(module_name: str) -> Sublayer | None:
+    """Map a Q-Former Linear's full module name to ``(layer, block, proj)``; None for anything else."""
+    match = _NAME_RE.fullmatch(module_name)
+    if match is None:
+        return None
+    key = _SUFFIX_TO_SUBLAYER.get(match["suffix"])
+    if key is None:
+        return None
+    return Sublayer(int(match["layer"]), *key)
+
+
+def sublayer_label(layer: int, block: str, proj: str) -> str:
+    """The grammar's string form: ``L03.cross_attn.value``."""
+    return f"L{layer:02d}.{block}.{proj}"
+
+
+# The paper's Q-Former LoRA placements (Kim et al. 2024, AttentionX/InstructBLIP_PEFT), plus every Linear.
+PLACEMENTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "self_attn_qv": {"self_attn": ("query", "value")},
+    "cross_attn_qkvo": {"cross_attn": ATTENTION_PROJS},
+    "ffn_text_query": {"ffn_query": FFN_PROJS, "ffn_text": FFN_PROJS},
+    "paper_all": {
+        "self_attn": ("query", "value"),
+        "cross_attn": ATTENTION_PROJS,
+        "ffn_query": FFN_PROJS,
+        "ffn_text": FFN_PROJS,
+    },
+    "all_linear": dict(BLOCK_PROJS),
+}
+
+
+def resolve_placement(placement: str | dict[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
+    """Turn a placement name or a ``{block: projs}`` mapping into a validated ``{block: projs}`` mapping."""
+    if isinstance(placement, str):
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; known placements: {', '.join(PLACEMENTS)}")
+        return PLACEMENTS[placement]
+    resolved: dict[str, tuple[str, ...]] = {}
+    for block, projs in placement.items():
+        if block not in BLOCK_PROJS:
+            raise ValueError(f"unknown block {block!r}; blocks are {', '.join(BLOCKS)}")
+        projs = tuple(projs)
+        unknown = [p for p in projs if p not in BLOCK_PROJS[block]]
+        if unknown or not projs:
+            raise ValueError(
+                f"block {block!r} takes projections from {', '.join(BLOCK_PROJS[block])}; got {list(projs)}"
+            )
+        resolved[block] = projs
+    if not resolved:
+        raise ValueError("a placement needs at least one block")
+    return resolved
+
+
+def target_modules_regex(
+    placement: str | dict[str, Iterable[str]] = "all_linear", layers: Iterable[int] | None = None
+) -> str:
+    """An anchored regex for peft's ``target_modules`` that matches exactly the chosen sublayers.
+
+    peft applies a string ``target_modules`` with ``re.fullmatch`` to every module name, so the
+    regex carries its own prefix and cannot suffix-match ``output.dense`` in other blocks.
+    Matches transformers and LAVIS names alike.
+    """
+    blocks = resolve_placement(placement)
+    suffixes = sorted(
+        re.escape(suffix) for block, projs in blocks.items() for proj in projs for suffix in _SUFFIXES[block, proj]
+    )
+    if layers is None:
+        layer_re = r"\d+"
+    else:
+        layer_list = sorted(set(int(i) for i in layers))
+        if not layer_list or layer_list[0] < 0:
+            raise ValueError(f"layers must be a non-empty set of non-negative integers; got {layer_list}")
+        layer_re = "(?:" + "|".join(str(i) for i in layer_list) + ")"
+    return _ENCODER_PREFIX + layer_re + r"\.(?:" + "|".join(suffixes) + ")"
+
+
+def qformer_sublayers(module_names: Iterable[str]) -> dict[str, Sublayer]:
+    """The Q-Former sublayers among ``module_names``, keyed by module name, in the given order."""
+    found = {}
+    for name in module_names:
+        sub = parse_sublayer(name)
+        if sub is not None:
+            found[name] = sub
+    return found

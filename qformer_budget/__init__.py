@@ -1,0 +1,1 @@
+"""qformer-budget: where AdaLoRA keeps its rank budget in the Q-Former of InstructBLIP."""

@@ -1,0 +1,23 @@
+import re
+from pathlib import Path
+
+from analysis.schema import COLUMNS
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_schema_table_matches_the_schema():
+    table = README.read_text().split("| column | type | meaning |")[1].split("\n\n")[0]
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+) \|$", table, flags=re.MULTILINE)
+    documented = {name: meaning for name, meaning in rows}
+    assert list(documented) == [name for name, _, _ in COLUMNS]
+    for name, _, meaning in COLUMNS:
+        plain = documented[name].replace("`", "").replace("\\<", "<").replace("\\>", ">")
+        assert plain.startswith(meaning.replace("`", "")[:30]), name
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
+    first_block = README.read_text().split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "\nmake test\n" in ci

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis import RecordError, load_runs
+from fake_runs import fake_modules, fake_record, write_fake_run
+
+MODULES = fake_modules()
+
+
+def kept_with_rank(rank: int, init_r: int = 4) -> np.ndarray:
+    kept = np.zeros((len(MODULES), init_r), dtype=bool)
+    kept[:, :rank] = True
+    return kept
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    write_fake_run(tmp_path / "a" / "seed0", [fake_record(0, kept_with_rank(4), "a", 0), fake_record(9, kept_with_rank(2), "a", 0)])
+    write_fake_run(tmp_path / "b" / "seed1", [fake_record(0, kept_with_rank(4), "b", 1)])
+    return tmp_path
+
+
+def test_load_a_folder_of_runs(two_runs):
+    records = load_runs(two_runs)
+    assert len(records) == 3 * len(MODULES)
+    assert records.groupby(["benchmark", "seed"]).size().to_dict() == {("a", 0): 2 * len(MODULES), ("b", 1): len(MODULES)}
+    assert records.loc[records["step"] == 10, "rank"].eq(2).all()
+    assert set(records["status"]) == {"finished"}
+    single = load_runs(two_runs / "b" / "seed1")
+    assert single["benchmark"].eq("b").all()
+
+
+def _rewrite(path, table):
+    pq.write_table(table, path)
+
+
+def test_missing_column_names_file_and_column(two_runs):
+    path = two_runs / "a" / "seed0" / "records.parquet"
+    _rewrite(path, pq.read_table(path).drop_columns(["rank"]))
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: missing record columns \['rank'\]"):
+        load_runs(two_runs)
+
+
+def test_wrong_column_type_names_file(two_runs):
+    path = two_runs / "a" / "seed0" / "records.parquet"
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(["many"] * table.num_rows))
+    _rewrite(path, table)
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: record columns have the wrong types"):
+        load_runs(two_runs)
+
+
+def test_corrupt_part_file_names_file(tmp_path):
+    write_fake_run(tmp_path, [fake_record(0, kept_with_rank(4))], close=False)
+    (tmp_path / "records" / "part-000007.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(RecordError, match=r"records/part-000007.parquet: not a readable Parquet record file"):
+        load_runs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", r"run.json: not a readable run description"),
+        (json.dumps({"benchmark": "x"}), r"run.json: missing field 'schema_version'"),
+        (json.dumps({"schema_version": 99}), r"run.json: schema_version 99, this qformer-budget reads version 1"),
+    ],
+)
+def test_bad_run_description_names_file(two_runs, content, message):
+    (two_runs / "b" / "seed1" / "run.json").write_text(content)
+    with pytest.raises(RecordError, match=message):
+        load_runs(two_runs)
+
+
+def test_folder_without_runs_and_missing_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(RecordError, match="holds no run: no run.json at or below it"):
+        load_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        load_runs(tmp_path / "absent")
+
+
+def test_analysis_imports_neither_torch_nor_peft():
+    code = (
+        "import sys, analysis, analysis.plots, peft_hooks.taxonomy, peft_hooks.records;"
+        "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,222 @@
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from analysis import load_runs
+from analysis.schema import COLUMN_NAMES, SCHEMA_VERSION
+from peft_hooks import BudgetRecorder, find_adalora_model, save_adapter
+from peft_hooks import sinks as sinks_module
+from peft_hooks.recorder import _kept_directions
+from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
+from tiny_training import tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
+
+SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
+
+
+class PeftMaskSpy:
+    """Captures, at each of peft's own mask_to_budget calls, the triplet scores and threshold peft used."""
+
+    def __init__(self, model):
+        self.allocator = find_adalora_model(model).rankallocator
+        self.calls = []
+        original_mask, original_combine = self.allocator.mask_to_budget, self.allocator._combine_ipt
+        captured = []
+
+        def combine(ipt_e, ipt_ab):
+            out = original_combine(ipt_e, ipt_ab)
+            captured.append(out.detach().clone())
+            return out
+
+        def mask(inner_model, budget):
+            captured.clear()
+            self.allocator._combine_ipt = combine
+            try:
+                pattern = original_mask(inner_model, budget)
+            finally:
+                self.allocator._combine_ipt = original_combine
+            scores = torch.stack(captured)
+            threshold = torch.kthvalue(scores.reshape(-1), k=self.allocator.init_bgt - budget)[0].item()
+            self.calls.append({"budget": budget, "scores": scores.numpy(), "threshold": threshold, "pattern": pattern})
+            return pattern
+
+        self.allocator.mask_to_budget = mask
+
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("loop") / "run"
+    spies = []
+    model, records = train_with_loop(run_dir, SETUP, on_model=lambda m: spies.append(PeftMaskSpy(m)))
+    return {"dir": run_dir, "model": model, "records": records, "spy": spies[0]}
+
+
+def test_recorded_scores_and_masks_are_pefts_own(loop_run):
+    mask_records = [r for r in loop_run["records"] if r.mask_step]
+    calls = loop_run["spy"].calls
+    assert [r.global_step for r in mask_records] == [10, 15, 20, 25, 30, 35]
+    assert len(calls) == len(mask_records)
+    for record, call in zip(mask_records, calls):
+        assert record.budget == call["budget"]
+        np.testing.assert_array_equal(record.direction_scores, call["scores"])  # bit for bit
+        assert record.threshold == call["threshold"]
+        kept = np.array([call["pattern"][f"{m.module}.lora_E.default"] for m in record.modules])
+        np.testing.assert_array_equal(record.direction_kept, kept)
+        np.testing.assert_array_equal(record.direction_kept, record.direction_scores > record.threshold)
+
+
+def test_final_ranks_equal_pefts_rank_pattern(loop_run, tmp_path):
+    model, final = loop_run["model"], loop_run["records"][-1]
+    pattern = model.peft_config["default"].rank_pattern
+    expected = [sum(pattern[f"{m.module}.lora_E.default"]) for m in final.modules]
+    assert final.global_step == SETUP.total_step - 1
+    assert final.ranks.tolist() == expected
+    save_adapter(model, tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"]
+    assert [sum(saved[f"{m.module}.lora_E"]) for m in final.modules] == expected
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    assert [tensors[f"base_model.model.{m.module}.lora_E"].shape[0] for m in final.modules] == expected
+    # save_pretrained renamed the live keys (dropped ".default"); the recorder reads that form too.
+    assert all(not key.endswith(".default") for key in model.peft_config["default"].rank_pattern)
+    renamed = _kept_directions(model.peft_config["default"].rank_pattern, final.modules, "default", SETUP.init_r)
+    np.testing.assert_array_equal(renamed, final.direction_kept)
+
+
+def test_budget_follows_pefts_cubic_schedule(loop_run):
+    allocator = find_adalora_model(loop_run["model"]).rankallocator
+    n = len(loop_run["records"][0].modules)
+    init_budget, target_budget = SETUP.init_r * n, SETUP.target_r * n
+    end = SETUP.total_step - SETUP.tfinal
+    for record in loop_run["records"]:
+        s = record.global_step
+        if s <= SETUP.tinit:
+            by_hand = init_budget
+        elif s > end:
+            by_hand = target_budget
+        else:
+            by_hand = int((init_budget - target_budget) * (1 - (s - SETUP.tinit) / (end - SETUP.tinit)) ** 3 + target_budget)
+        assert record.budget == by_hand == allocator.budget_schedule(s)[0]
+        if record.mask_step:
+            assert record.ranks.sum() == record.budget
+    assert loop_run["records"][-1].ranks.sum() == target_budget
+
+
+def test_steps_recorded_and_phases(loop_run):
+    records = loop_run["records"]
+    assert [r.global_step for r in records] == [0, 5, 10, 15, 20, 25, 30, 35, 39]
+    assert [r.phase for r in records] == ["warmup"] * 2 + ["budgeting"] * 6 + ["final"]
+    first_mask = next(r for r in records if r.mask_step)
+    assert all((r.ranks == SETUP.init_r).all() for r in records if r.global_step < first_mask.global_step)
+
+
+def test_importance_is_captured_before_peft_clears_it(loop_run):
+    final_mask = next(r for r in loop_run["records"] if r.global_step == SETUP.total_step - SETUP.tfinal)
+    assert np.isfinite(final_mask.scores).all() and (final_mask.scores > 0).all()
+    assert not find_adalora_model(loop_run["model"]).rankallocator.exp_avg_ipt  # peft has cleared them
+    assert np.isnan(loop_run["records"][-1].scores).all()
+
+
+def test_records_read_with_plain_pandas_and_load_runs(loop_run):
+    plain = pd.read_parquet(loop_run["dir"] / "records.parquet")
+    assert tuple(plain.columns) == COLUMN_NAMES
+    assert len(plain) == 9 * 120 and (plain["schema_version"] == SCHEMA_VERSION).all()
+    loaded = load_runs(loop_run["dir"])
+    for column in ["benchmark", "seed", "step", "module", "layer", "block", "proj", "rank", "init_r", "score", "budget"]:
+        assert column in loaded.columns
+    last = loaded[loaded["step"] == SETUP.total_step]
+    assert last["rank"].tolist() == loop_run["records"][-1].ranks.tolist()
+    meta = json.loads((loop_run["dir"] / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["recorded_steps"] == 9 and meta["schema_version"] == SCHEMA_VERSION
+    assert not (loop_run["dir"] / "records").exists()
+
+
+@pytest.mark.slow
+def test_trainer_and_loop_give_the_same_records(loop_run, tmp_path):
+    train_with_trainer(tmp_path, SETUP)
+    from_trainer = load_runs(tmp_path).drop(columns="run")
+    from_loop = load_runs(loop_run["dir"]).drop(columns="run")
+    pd.testing.assert_frame_equal(from_trainer, from_loop)
+
+
+def _one_batch(processor):
+    return VqaCollator(processor)(generate_examples(4, seed=0))
+
+
+def test_step_must_increase_and_needs_gradients(tmp_path):
+    model, processor = tiny_adalora(tiny_setup(), seed=0)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with BudgetRecorder(tmp_path / "run") as recorder:
+        with pytest.raises(RuntimeError, match=r"has no gradient: call step\(\) after optimizer.step\(\) and before"):
+            recorder.step(model, 0)
+        model(**_one_batch(processor)).loss.backward()
+        optimizer.step()
+        recorder.step(model, 0)
+        with pytest.raises(ValueError, match="got global_step 0 after 0: call it once per optimizer step"):
+            recorder.step(model, 0)
+    assert len(load_runs(tmp_path / "run")) == 120  # the one good step is kept
+
+
+def _train_steps(model, processor, recorder, steps):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    batch = _one_batch(processor)
+    for step in steps:
+        model(**batch).loss.backward()
+        optimizer.step()
+        recorder.step(model, step)
+        optimizer.zero_grad()
+
+
+def test_records_are_readable_while_training_runs(tmp_path):
+    model, processor = tiny_adalora(tiny_setup(), seed=0)
+    recorder = BudgetRecorder(tmp_path, record_every=1)
+    _train_steps(model, processor, recorder, range(3))
+    deadline = time.monotonic() + 10
+    while len(list((tmp_path / "records").glob("part-*.parquet"))) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live = pd.read_parquet(tmp_path / "records")  # plain pandas, no qformer-budget code
+    assert len(live) % 120 == 0 and 120 <= len(live) <= 360
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
+    recorder.close()
+    assert len(load_runs(tmp_path)) == 360
+
+
+def test_only_rank_zero_writes_but_every_rank_allocates(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    model, processor = tiny_adalora(tiny_setup(total_step=12, tinit=1, tfinal=1, deltaT=2), seed=0)
+    with BudgetRecorder(tmp_path / "rank1") as recorder:
+        _train_steps(model, processor, recorder, range(12))
+    assert not (tmp_path / "rank1").exists()
+    assert model.peft_config["default"].rank_pattern is not None
+
+
+def test_existing_records_are_never_overwritten(loop_run, tmp_path):
+    before = (loop_run["dir"] / "records.parquet").read_bytes()
+    model, processor = tiny_adalora(tiny_setup(), seed=0)
+    recorder = BudgetRecorder(loop_run["dir"])
+    with pytest.raises(FileExistsError, match="already holds budget records"):
+        _train_steps(model, processor, recorder, range(1))
+    assert (loop_run["dir"] / "records.parquet").read_bytes() == before
+
+
+def test_a_failing_writer_is_reported_and_earlier_parts_survive(tmp_path, monkeypatch):
+    model, processor = tiny_adalora(tiny_setup(), seed=0)
+    recorder = BudgetRecorder(tmp_path, record_every=1)
+    _train_steps(model, processor, recorder, range(1))
+    sink = recorder.sinks[0]
+    deadline = time.monotonic() + 10
+    while sink._steps_written < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def disk_full(table, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sinks_module, "_write_parquet_atomic", disk_full)
+    _train_steps(model, processor, recorder, [1])
+    with pytest.raises(RuntimeError, match=r"writing budget records under .*records failed: .*No space left.*the 1 steps written before are intact"):
+        recorder.close()
+    assert len(pd.read_parquet(tmp_path / "records")) == 120

@@ -1,0 +1,100 @@
+"""Tiny AdaLoRA training runs shared by the tests, through the Trainer or a hand-written loop.
+
+Both paths use the same data order (a fixed-order iterable), the same optimizer (fused AdamW,
+constant learning rate, no clipping) and the same seeded initialisation, so their records can be
+compared exactly. Run as a script to train into a folder (the SIGKILL test does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import IterableDataset
+from transformers import Trainer, TrainingArguments
+
+from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
+from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
+from qformer_budget.tiny import build_tiny_instructblip
+
+BATCH = 4
+LEARNING_RATE = 1e-2
+
+
+def tiny_setup(total_step: int = 40, **overrides) -> AdaLoraSetup:
+    values = dict(total_step=total_step, tinit=5, tfinal=5, deltaT=5, init_r=6, target_r=2) | overrides
+    return AdaLoraSetup(**values)
+
+
+def tiny_adalora(setup: AdaLoraSetup, seed: int = 0):
+    model, processor = build_tiny_instructblip(seed=seed)
+    return add_adalora(model, setup, seed=seed), processor
+
+
+class FixedOrder(IterableDataset):
+    def __init__(self, steps: int, seed: int) -> None:
+        self.examples = generate_examples(32, seed=seed + 1000)
+        self.steps = steps
+
+    def __iter__(self):
+        for i in range(self.steps * BATCH):
+            yield self.examples[i % len(self.examples)]
+
+
+def train_with_loop(
+    run_dir, setup: AdaLoraSetup, seed: int = 0, step_delay: float = 0.0, on_model=None, **recorder_kwargs
+):
+    """Train with a hand-written loop and BudgetRecorder; ``on_model(model)`` runs before training."""
+    model, processor = tiny_adalora(setup, seed)
+    if on_model is not None:
+        on_model(model)
+    collate = VqaCollator(processor)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0, fused=True
+    )
+    examples = iter(FixedOrder(setup.total_step, seed))
+    records = []
+    model.train()
+    with BudgetRecorder(run_dir, benchmark="synthetic_vqa", seed=seed, **recorder_kwargs) as recorder:
+        for step in range(setup.total_step):
+            batch = collate([next(examples) for _ in range(BATCH)])
+            model(**batch).loss.backward()
+            optimizer.step()
+            record = recorder.step(model, step)
+            optimizer.zero_grad()
+            if record is not None:
+                records.append(record)
+            time.sleep(step_delay)
+    return model, records
+
+
+def trainer_arguments(output_dir, setup: AdaLoraSetup, seed: int = 0) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=BATCH, max_steps=setup.total_step,
+        learning_rate=LEARNING_RATE, lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
+        optim="adamw_torch_fused", seed=seed, report_to=[], save_strategy="no", logging_strategy="no",
+        use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, **callback_kwargs):
+    model, processor = tiny_adalora(setup, seed)
+    callback = AdaLoraBudgetCallback(benchmark="synthetic_vqa", **callback_kwargs)
+    trainer = Trainer(
+        model=model, args=trainer_arguments(output_dir, setup, seed), train_dataset=FixedOrder(setup.total_step, seed),
+        data_collator=VqaCollator(processor), callbacks=[callback],
+    )
+    trainer.train()
+    return model, trainer
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--record-every", type=int, default=1)
+    options = parser.parse_args()
+    train_with_loop(options.run_dir, tiny_setup(options.steps), step_delay=options.delay, record_every=options.record_every)
