@@ -101,6 +101,11 @@ class AdaLoraSetup:
         if self.target_regex is None:
             self.placement = {b: list(p) for b, p in resolve_placement(self.placement).items()}
 
+    @classmethod
+    def from_plan(cls, plan: TrainingPlan, **settings: Any) -> AdaLoraSetup:
+        """A setup whose ``total_step`` is the plan's number of optimizer steps."""
+        return cls(total_step=plan.total_optimizer_steps, **settings)
+
     @property
     def regex(self) -> str:
         if self.target_regex is not None:

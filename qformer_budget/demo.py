@@ -38,9 +38,10 @@ class DemoSettings:
     target_r: int = 4
     deltaT: int = 5
 
-    def setup(self, total_step: int) -> AdaLoraSetup:
-        return AdaLoraSetup(
-            total_step=total_step,
+    def setup(self, plan: TrainingPlan) -> AdaLoraSetup:
+        total_step = plan.total_optimizer_steps
+        return AdaLoraSetup.from_plan(
+            plan,
             placement="all_linear",
             init_r=self.init_r,
             target_r=self.target_r,
@@ -56,7 +57,7 @@ def train_one(out_dir: Path, seed: int, settings: DemoSettings) -> Path:
     model, processor = build_tiny_instructblip(seed=seed)
     examples = generate_examples(settings.num_examples, seed=seed)
     plan = TrainingPlan(len(examples), settings.batch_size, epochs=settings.epochs)
-    peft_model = add_adalora(model, settings.setup(plan.total_optimizer_steps), seed=seed)
+    peft_model = add_adalora(model, settings.setup(plan), seed=seed)
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=settings.batch_size,

@@ -136,3 +136,8 @@ def test_callback_refuses_total_step_that_disagrees_with_the_trainer(tiny, tmp_p
     )
     with pytest.raises(ValueError, match=r"AdaLoRA total_step \(40\) differs from the Trainer's number of optimizer steps \(30\)"):
         trainer.train()
+
+
+def test_setup_from_plan_takes_the_plans_step_count():
+    plan = TrainingPlan(100, 8, epochs=3, gradient_accumulation_steps=2)
+    assert AdaLoraSetup.from_plan(plan, tinit=2, tfinal=3).total_step == plan.total_optimizer_steps == 21
