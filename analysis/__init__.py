@@ -3,7 +3,7 @@
 Nothing here imports torch or peft.
 """
 
-from .load import RecordError, find_runs, load_runs, read_run
+from .load import RecordError, find_runs, load_metrics, load_runs, read_run
 from .schema import COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from .tables import SUBLAYER_COLUMNS, last_recorded_step, rank_heatmap_data
 
@@ -15,6 +15,7 @@ __all__ = [
     "SUBLAYER_COLUMNS",
     "find_runs",
     "last_recorded_step",
+    "load_metrics",
     "load_runs",
     "rank_heatmap_data",
     "read_run",

@@ -89,3 +89,21 @@ def load_runs(path: str | os.PathLike) -> pd.DataFrame:
     """
     frames = [read_run(run) for run in find_runs(path)]
     return pd.concat(frames, ignore_index=True)
+
+
+def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    """Evaluation results of every run below ``path`` (its ``metrics.json``), one row per run and metric."""
+    rows = []
+    for metrics_file in sorted(Path(path).rglob("metrics.json")):
+        try:
+            report = json.loads(metrics_file.read_text(encoding="utf-8"))
+            base = {key: report[key] for key in ("benchmark", "method", "seed", "split")}
+            values = report["metrics"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RecordError(f"{metrics_file}: not a readable metrics report ({exc!r})") from exc
+        rows += [
+            base | {"metric": name, "value": value, "run": str(metrics_file.parent)}
+            for name, value in values.items()
+            if name != "examples"
+        ]
+    return pd.DataFrame(rows, columns=["benchmark", "method", "seed", "split", "metric", "value", "run"])

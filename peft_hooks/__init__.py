@@ -14,6 +14,7 @@ _EXPORTS = {
     "add_adalora": "setup",
     "find_adalora_model": "setup",
     "save_adapter": "setup",
+    "load_adapter": "setup",
     "BudgetRecorder": "recorder",
     "is_main_process": "recorder",
     "triplet_scores": "recorder",

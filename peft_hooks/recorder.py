@@ -35,7 +35,7 @@ def is_main_process() -> bool:
     )
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     found = {}
     for name in ("qformer-budget", "torch", "transformers", "peft"):
         try:
@@ -144,7 +144,7 @@ class BudgetRecorder:
             }
             | {"total_step": config.total_step, "target_modules": str(config.target_modules)},
             "modules": [m.module for m in self._modules],
-            "versions": _package_versions(),
+            "versions": package_versions(),
         } | self.meta
         for sink in self.sinks:
             sink.start(meta)

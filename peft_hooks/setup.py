@@ -205,3 +205,14 @@ def save_adapter(model: AdaLoraPeftModel, path: str | os.PathLike) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
         model.save_pretrained(str(path))
+
+
+def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftModel:
+    """peft's ``PeftModel.from_pretrained`` for an adapter written by :func:`save_adapter`.
+
+    peft resizes the modules to the saved ranks, then warns that the AdaLoRA ``rank_pattern`` keys
+    match no module, because its LoRA-level check expects module names; the warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match any targeted module")
+        return PeftModel.from_pretrained(base_model, str(path))

@@ -20,8 +20,9 @@ import torch
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, T5Config
 
 from peft_hooks import AdaLoraSetup, BudgetRecorder, add_adalora
-from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
-from qformer_budget.tiny import build_tiny_instructblip, load_tiny_processor
+from runner.collate import InstructBlipCollator
+from benchmarks.synthetic_vqa import generate_examples
+from runner.tiny import build_tiny_instructblip, load_tiny_processor
 
 
 def real_size_model(processor) -> InstructBlipForConditionalGeneration:
@@ -52,7 +53,7 @@ def main() -> None:
 
     setup = AdaLoraSetup(total_step=options.steps, tinit=5, tfinal=5, deltaT=5, init_r=12, target_r=4)
     processor = load_tiny_processor()
-    batch = VqaCollator(processor)(generate_examples(batch_size, seed=0))
+    batch = InstructBlipCollator(processor)(generate_examples(batch_size, seed=0))
     variants = {}
     for name in ("peft alone", "recorder every deltaT", "recorder every step"):
         base = build_tiny_instructblip(seed=0)[0] if options.preset == "tiny" else real_size_model(processor)

@@ -1,4 +1,4 @@
-"""The ``qformer-budget`` command."""
+"""The ``qformer-budget`` command: ``demo``, ``run``, ``params``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,35 @@ import time
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoSettings, run_demo
+    from .demo import demo_config, metrics_table, run_demo
 
-    settings = DemoSettings(seeds=tuple(args.seeds), num_examples=args.examples, epochs=args.epochs)
     started = time.perf_counter()
-    outputs = run_demo(args.out, settings)
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    for path in outputs:
+    report, figures = run_demo(args.out, demo_config(args.out, args.seeds, args.examples, args.epochs))
+    print(report.summary())
+    print(metrics_table(args.out))
+    for path in figures:
         print(f"  {path}")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0 if not report.failed else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runner.config import load_config
+    from runner.sweep import run_sweep
+
+    config = load_config(args.config)
+    if args.out is not None:
+        config = config.with_paths(out=args.out)
+    report = run_sweep(config, progress=not args.no_progress)
+    print(report.summary())
+    return 0 if not report.failed else 1
+
+
+def _params(args: argparse.Namespace) -> int:
+    from runner.params import format_table, parameter_table
+
+    table = parameter_table(args.presets, ranks=tuple(args.ranks), methods=tuple(args.methods))
+    print(format_table(table))
     return 0
 
 
@@ -24,12 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qformer-budget", description="Record where AdaLoRA puts its rank budget in the Q-Former."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a tiny InstructBLIP offline with AdaLoRA, record, draw")
-    demo.add_argument("--out", required=True, help="output folder (runs in OUT/<benchmark>/seed<k>/)")
-    demo.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (default: 0)")
-    demo.add_argument("--examples", type=int, default=1200, help="synthetic training examples (default: 1200)")
-    demo.add_argument("--epochs", type=float, default=2.0, help="training epochs (default: 2)")
+
+    demo = commands.add_parser("demo", help="the offline demo sweep: tiny InstructBLIP, four synthetic benchmarks")
+    demo.add_argument("--out", required=True, help="output folder (runs in OUT/<benchmark>/<method>/seed<k>/)")
+    demo.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to train (default: 0 1)")
+    demo.add_argument("--examples", type=int, default=None, help="training examples per benchmark (default: 640)")
+    demo.add_argument("--epochs", type=float, default=None, help="training epochs (default: 3)")
     demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser("run", help="run a sweep from a config file (see runner/configs/)")
+    run.add_argument("config", help="sweep config (TOML)")
+    run.add_argument("--out", default=None, help="write runs here instead of the config's [sweep] out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+    params = commands.add_parser("params", help="trainable parameters of the paper's grid, counted on the meta device")
+    params.add_argument("--presets", nargs="+", default=None, help="model presets (default: all)")
+    params.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
+    params.add_argument("--methods", nargs="+", default=["lora"], choices=["lora", "adalora"])
+    params.set_defaults(handler=_params)
     return parser
 
 

@@ -4,22 +4,31 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import load_runs
+from analysis import load_metrics, load_runs
 from qformer_budget.cli import main
+
+BENCHMARKS = ["flickr30k", "iconqa", "scienceqa", "vizwiz"]
 
 
 @pytest.mark.slow
-def test_demo_writes_records_adapter_and_heatmap(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--examples", "160", "--epochs", "1"]) == 0
-    assert "demo finished in" in capsys.readouterr().out
+def test_demo_runs_the_sweep_on_four_synthetic_benchmarks(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "--examples", "48", "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 finished, 0 skipped" in printed and "demo finished in" in printed
     records = load_runs(tmp_path)
-    assert sorted(records["seed"].unique()) == [0, 1]
-    for seed in (0, 1):
-        run = tmp_path / "synthetic_vqa" / f"seed{seed}"
+    assert sorted(records["benchmark"].unique()) == BENCHMARKS
+    for benchmark in BENCHMARKS:
+        run = tmp_path / benchmark / "adalora-all_linear-r12to4" / "seed0"
         final = pd.read_parquet(run / "records.parquet").query("step == step.max()")
         assert len(final) == 120 and final["rank"].sum() == 4 * 120
         saved = json.loads((run / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
         assert {m + ".lora_E": r for m, r in zip(final["module"], final["rank"])} == {k: sum(v) for k, v in saved.items()}
-        assert json.loads((run / "run.json").read_text())["status"] == "finished"
-    with Image.open(tmp_path / "figures" / "rank_heatmap_synthetic_vqa.png") as image:
-        assert image.width > 600 and image.height > 400
+        assert json.loads((run / "status.json").read_text())["state"] == "finished"
+        with Image.open(tmp_path / "figures" / f"rank_heatmap_{benchmark}.png") as image:
+            assert image.width > 600 and image.height > 400
+    metrics = load_metrics(tmp_path).set_index(["benchmark", "metric"])["value"]
+    assert set(metrics.index) == {
+        ("flickr30k", "BLEU-4"), ("flickr30k", "CIDEr"), ("iconqa", "accuracy"), ("scienceqa", "accuracy"),
+        ("vizwiz", "vqa_accuracy"),
+    }
+    assert (tmp_path / "data" / "vizwiz" / "annotations" / "val.json").exists()  # real format on disk

@@ -9,10 +9,12 @@ from safetensors.torch import load_file
 
 from analysis import load_runs
 from analysis.schema import COLUMN_NAMES, SCHEMA_VERSION
-from peft_hooks import BudgetRecorder, find_adalora_model, save_adapter
+from peft_hooks import BudgetRecorder, find_adalora_model, load_adapter, save_adapter
+from runner.tiny import build_tiny_instructblip
 from peft_hooks import sinks as sinks_module
 from peft_hooks.recorder import _kept_directions
-from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
+from runner.collate import InstructBlipCollator
+from benchmarks.synthetic_vqa import generate_examples
 from tiny_training import tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
@@ -86,6 +88,18 @@ def test_final_ranks_equal_pefts_rank_pattern(loop_run, tmp_path):
     np.testing.assert_array_equal(renamed, final.direction_kept)
 
 
+def test_a_saved_adapter_reloads_to_the_same_model(loop_run, tmp_path):
+    model = loop_run["model"].eval()
+    save_adapter(model, tmp_path)
+    base, processor = build_tiny_instructblip(seed=0)
+    reloaded = load_adapter(base, tmp_path).eval()
+    batch = _one_batch(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-5)
+    ranks = {n: p.shape[0] for n, p in reloaded.named_parameters() if ".lora_E." in n}
+    assert sorted(ranks.values()) == sorted(loop_run["records"][-1].ranks.tolist())
+
+
 def test_budget_follows_pefts_cubic_schedule(loop_run):
     allocator = find_adalora_model(loop_run["model"]).rankallocator
     n = len(loop_run["records"][0].modules)
@@ -143,7 +157,7 @@ def test_trainer_and_loop_give_the_same_records(loop_run, tmp_path):
 
 
 def _one_batch(processor):
-    return VqaCollator(processor)(generate_examples(4, seed=0))
+    return InstructBlipCollator(processor)(generate_examples(4, seed=0))
 
 
 def test_step_must_increase_and_needs_gradients(tmp_path):

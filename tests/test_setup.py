@@ -4,8 +4,9 @@ from peft import get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, T5Config, T5ForConditionalGeneration
 
 from peft_hooks import AdaLoraBudgetCallback, AdaLoraPeftModel, AdaLoraSetup, TrainingPlan, add_adalora, find_adalora_model
-from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
-from qformer_budget.tiny import build_tiny_instructblip
+from runner.collate import InstructBlipCollator
+from benchmarks.synthetic_vqa import generate_examples
+from runner.tiny import build_tiny_instructblip
 from tiny_training import FixedOrder, tiny_setup, trainer_arguments
 
 
@@ -70,7 +71,7 @@ def orthogonal_penalty(model) -> torch.Tensor:
 
 def test_orthogonal_regulariser_is_applied(tiny):
     model, processor = tiny
-    batch = VqaCollator(processor)(generate_examples(4, seed=0))
+    batch = InstructBlipCollator(processor)(generate_examples(4, seed=0))
     setup = AdaLoraSetup(total_step=20, orth_reg_weight=0.7)
     ours = add_adalora(model, setup, seed=0)
     with torch.no_grad():
@@ -131,7 +132,7 @@ def test_callback_refuses_total_step_that_disagrees_with_the_trainer(tiny, tmp_p
     peft_model = add_adalora(model, setup, seed=0)
     args = trainer_arguments(tmp_path, tiny_setup(total_step=30))
     trainer = Trainer(
-        model=peft_model, args=args, train_dataset=FixedOrder(30, 0), data_collator=VqaCollator(processor),
+        model=peft_model, args=args, train_dataset=FixedOrder(30, 0), data_collator=InstructBlipCollator(processor),
         callbacks=[AdaLoraBudgetCallback()],
     )
     with pytest.raises(ValueError, match=r"AdaLoRA total_step \(40\) differs from the Trainer's number of optimizer steps \(30\)"):

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from peft_hooks import PLACEMENTS, Sublayer, parse_sublayer, resolve_placement, sublayer_label, target_modules_regex
-from qformer_budget.tiny import build_tiny_instructblip
+from runner.tiny import build_tiny_instructblip
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:

@@ -1,13 +1,14 @@
 import torch
 
-from qformer_budget.synthetic_vqa import COLORS, QUESTIONS, VqaCollator, generate_examples, vocabulary_corpus
-from qformer_budget.tiny import InstructBlipForConditionalGeneration, build_tiny_instructblip, build_tiny_processor, tiny_config
+from runner.collate import InstructBlipCollator
+from benchmarks.synthetic_vqa import COLORS, QUESTIONS, generate_examples, vocabulary_corpus
+from runner.tiny import InstructBlipForConditionalGeneration, build_tiny_instructblip, build_tiny_processor, tiny_config
 
 
 def test_tokenizers_train_offline_into_a_working_processor():
     processor = build_tiny_processor(vocabulary_corpus())
     model = InstructBlipForConditionalGeneration(tiny_config(processor))
-    batch = VqaCollator(processor)(generate_examples(3, seed=0))
+    batch = InstructBlipCollator(processor)(generate_examples(3, seed=0))
     assert (batch["input_ids"] == model.config.image_token_index).sum(dim=1).tolist() == [8, 8, 8]
     assert torch.isfinite(model(**batch).loss)
     assert processor.tokenizer.decode(processor.tokenizer("yellow").input_ids, skip_special_tokens=True) == "yellow"
@@ -18,7 +19,7 @@ def test_shipped_preset_is_reproducible_and_generates():
     second, _ = build_tiny_instructblip(seed=4)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     assert sum(isinstance(m, torch.nn.Linear) for n, m in first.named_modules() if n.startswith("qformer.")) == 120
-    batch = VqaCollator(processor)(generate_examples(2, seed=1))
+    batch = InstructBlipCollator(processor)(generate_examples(2, seed=1))
     batch.pop("labels")
     generated = first.generate(**batch, max_new_tokens=3)
     assert generated.shape[0] == 2

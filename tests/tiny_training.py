@@ -16,8 +16,9 @@ from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainingArguments
 
 from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
-from qformer_budget.synthetic_vqa import VqaCollator, generate_examples
-from qformer_budget.tiny import build_tiny_instructblip
+from runner.collate import InstructBlipCollator
+from benchmarks.synthetic_vqa import generate_examples
+from runner.tiny import build_tiny_instructblip
 
 BATCH = 4
 LEARNING_RATE = 1e-2
@@ -50,7 +51,7 @@ def train_with_loop(
     model, processor = tiny_adalora(setup, seed)
     if on_model is not None:
         on_model(model)
-    collate = VqaCollator(processor)
+    collate = InstructBlipCollator(processor)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0, fused=True
     )
@@ -84,7 +85,7 @@ def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, **callbac
     callback = AdaLoraBudgetCallback(benchmark="synthetic_vqa", **callback_kwargs)
     trainer = Trainer(
         model=model, args=trainer_arguments(output_dir, setup, seed), train_dataset=FixedOrder(setup.total_step, seed),
-        data_collator=VqaCollator(processor), callbacks=[callback],
+        data_collator=InstructBlipCollator(processor), callbacks=[callback],
     )
     trainer.train()
     return model, trainer

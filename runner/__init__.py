@@ -1,0 +1,1 @@
+"""Experiment runner: model presets, parameter accounting, training and sweeps."""

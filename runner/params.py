@@ -1,0 +1,177 @@
+"""Trainable-parameter accounting for the paper's LoRA grid, read off meta-device builds of the real presets.
+
+An adapter on a ``Linear(in, out)`` at rank ``r`` trains ``r * (in + out)`` parameters with LoRA (A and B)
+and ``r * (in + out + 1)`` with AdaLoRA (A, B and the singular values E), so every count is linear in the rank
+and a placement is summed up by its parameters per unit of rank.
+
+Placements (Kim et al. 2024; their code, AttentionX/InstructBLIP_PEFT):
+
+- Q-Former: any placement of :data:`peft_hooks.taxonomy.PLACEMENTS`, the paper's being ``self_attn_qv``,
+  ``cross_attn_qkvo``, ``ffn_text_query`` and ``paper_all`` (``qformer_all`` is another name for it);
+- LLM: ``llm_attn``, ``llm_ffn``, ``llm_all`` with the paper's ``target_modules`` (:data:`LLM_TARGETS`),
+  matched as peft matches a list (module name ending in ``.<target>``), inside the language model only;
+- combinations joined with ``+``, such as ``qformer_all+llm_all``.
+
+The full Q-Former fine-tuning baseline trains the Q-Former, the query tokens and the language projection, as
+the paper's code does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+from torch import nn
+
+from peft_hooks.taxonomy import PLACEMENTS as QFORMER_PLACEMENTS
+from peft_hooks.taxonomy import target_modules_regex
+
+from .presets import PRESETS, BlipModel, build_on_meta, get_preset
+
+# The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
+LLM_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "t5": {"llm_attn": ("q", "v"), "llm_ffn": ("wi", "wo", "wi_1", "wi_0")},
+    "llama": {"llm_attn": ("q_proj", "v_proj"), "llm_ffn": ("gate_proj", "up_proj", "down_proj")},
+}
+LLM_PLACEMENTS: tuple[str, ...] = ("llm_attn", "llm_ffn", "llm_all")
+QFORMER_ALL = "qformer_all"  # the paper's "all" Q-Former placement, taxonomy's paper_all
+PAPER_PLACEMENTS: tuple[str, ...] = (
+    "self_attn_qv", "cross_attn_qkvo", "ffn_text_query", "paper_all", *LLM_PLACEMENTS,
+    f"{QFORMER_ALL}+llm_all",
+)
+PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
+METHODS: tuple[str, ...] = ("lora", "adalora")
+TABLE_COLUMNS: tuple[str, ...] = (
+    "preset", "placement", "method", "rank", "modules", "trainable",
+    "share_of_full_qformer_pct", "share_of_model_pct",
+)
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """A Linear layer an adapter can wrap: its full module name and its input and output widths."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Census:
+    """What the accounting needs from one preset's architecture, read once off its meta build."""
+
+    preset: str
+    llm_family: str
+    linears: tuple[LinearShape, ...]
+    full_qformer: int
+    total: int
+
+
+@lru_cache(maxsize=None)
+def census(preset: str) -> Census:
+    """Build ``preset`` on the meta device and record its Linear layers and parameter totals."""
+    model = build_on_meta(preset)
+    linears = tuple(
+        LinearShape(name, module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    )
+    total = sum(p.numel() for p in model.parameters())
+    return Census(preset, get_preset(preset).llm_family, linears, full_qformer_parameters(model), total)
+
+
+def full_qformer_parameters(model: BlipModel) -> int:
+    """Parameters of full Q-Former fine-tuning: the Q-Former, the query tokens and the language projection."""
+    modules = (model.qformer, model.language_projection)
+    return model.query_tokens.numel() + sum(p.numel() for module in modules for p in module.parameters())
+
+
+def adapter_parameters(in_features: int, out_features: int, rank: int, method: str = "lora") -> int:
+    """Trainable parameters of one adapter on a ``Linear(in_features, out_features)``."""
+    _check_method(method)
+    return rank * (in_features + out_features + (method == "adalora"))
+
+
+def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
+    """The Linear layers of ``preset`` that ``placement`` puts adapters on, in model order."""
+    info = census(preset)
+    matchers = [_matcher(part, info.llm_family) for part in placement.split("+")]
+    return tuple(linear for linear in info.linears if any(match(linear.name) for match in matchers))
+
+
+def per_unit_rank(preset: str, placement: str, method: str = "lora") -> int:
+    """Trainable parameters of ``placement`` on ``preset`` at rank 1."""
+    return _per_unit_rank(target_linears(preset, placement), method)
+
+
+def parameter_table(
+    preset_names: list[str] | tuple[str, ...] | None = None,
+    ranks: tuple[int, ...] = PAPER_RANKS,
+    methods: tuple[str, ...] = ("lora",),
+    placements: tuple[str, ...] = PAPER_PLACEMENTS,
+) -> pd.DataFrame:
+    """One row per preset x placement x rank x method: adapted modules, trainable parameters and their shares.
+
+    The shares are percentages of the full Q-Former fine-tuning baseline and of the whole (base) model.
+    """
+    rows = []
+    for preset in preset_names if preset_names is not None else tuple(PRESETS):
+        info = census(preset)
+        for placement in placements:
+            targets = target_linears(preset, placement)
+            for method in methods:
+                unit = _per_unit_rank(targets, method)
+                for rank in ranks:
+                    trainable = rank * unit
+                    rows.append((
+                        preset, placement, method, rank, len(targets), trainable,
+                        100 * trainable / info.full_qformer, 100 * trainable / info.total,
+                    ))
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """:func:`parameter_table` as a markdown table: counts with thousands separators, shares to 4 digits."""
+    headers = ["preset", "placement", "method", "rank", "modules", "trainable", "% full Q-Former", "% model"]
+    cells = [
+        [row.preset, row.placement, row.method, str(row.rank), str(row.modules), f"{row.trainable:,}",
+         f"{row.share_of_full_qformer_pct:.4g}", f"{row.share_of_model_pct:.4g}"]
+        for row in df.itertuples(index=False)
+    ]
+    widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
+    numeric = [False, False, False, True, True, True, True, True]
+
+    def line(texts: list[str]) -> str:
+        padded = (t.rjust(w) if right else t.ljust(w) for t, w, right in zip(texts, widths, numeric))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|".join("-" * (w + 1) + ":" if right else "-" * (w + 2) for w, right in zip(widths, numeric))
+    rule = f"|{rule}|"
+    return "\n".join([line(headers), rule, *(line(texts) for texts in cells)])
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
+
+
+def _per_unit_rank(targets: tuple[LinearShape, ...], method: str) -> int:
+    _check_method(method)  # also when no module matches
+    return sum(adapter_parameters(t.in_features, t.out_features, 1, method) for t in targets)
+
+
+def _matcher(part: str, llm_family: str) -> Callable[[str], bool]:
+    """A predicate on full module names for one ``+``-separated part of a placement."""
+    qformer_placement = "paper_all" if part == QFORMER_ALL else part
+    if qformer_placement in QFORMER_PLACEMENTS:
+        pattern = re.compile(target_modules_regex(qformer_placement))
+        return lambda name: pattern.fullmatch(name) is not None
+    if part in LLM_PLACEMENTS:
+        targets = LLM_TARGETS[llm_family]
+        suffixes = targets["llm_attn"] + targets["llm_ffn"] if part == "llm_all" else targets[part]
+        return lambda name: name.startswith("language_model.") and name.rsplit(".", 1)[-1] in suffixes
+    known = [*QFORMER_PLACEMENTS, QFORMER_ALL, *LLM_PLACEMENTS]
+    raise ValueError(f"unknown placement {part!r}; placements are {', '.join(known)}, joined with '+'")

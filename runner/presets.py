@@ -1,0 +1,268 @@
+"""The real InstructBLIP and BLIP-2 checkpoints as presets, with their architecture configs written out here.
+
+Nothing is downloaded. :func:`build_on_meta` builds a preset's architecture on the meta device (shapes
+only, no memory) for parameter accounting; :func:`load_preset` loads a real checkpoint from a local folder
+and checks that it is the architecture the preset names.
+
+Where the numbers come from (the checkpoints' ``config.json`` as revised in Nov 2024 for transformers >= 4.47,
+and transformers' ``convert_instructblip_original_to_pytorch.py``):
+
+- vision: EVA ViT-g/14, 1408 wide, 39 layers, 16 heads, MLP 6144, 224 px images, 14 px patches, q/v biases;
+- Q-Former: BERT-base, 12 layers x 768, 12 heads, FFN 3072, cross-attention every 2nd layer on 1408-wide
+  image features, 32 query tokens; InstructBLIP's vocabulary is BERT's 30522 plus ``[DEC]`` (30523); BLIP-2's
+  Q-Former reads no text (no word embeddings, no text FFN);
+- FlanT5-XL / -XXL: ``google/flan-t5-xl`` / ``-xxl`` (gated-GELU FFN, untied LM head) with
+  ``dense_act_fn="gelu"`` and ``bos_token_id=1`` as the conversion set them; ``<image>`` is token 32100,
+  inside T5's padded 32128 vocabulary;
+- Vicuna-7B / -13B (LLaMA-7B / -13B shapes): ``[PAD]`` 32000, ``<image>`` 32001, ``<video>`` 32002,
+  vocabulary padded to 32064; bos/eos 0/1 and 2048 positions, as in the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
+    InstructBlipQFormerConfig,
+    InstructBlipVisionConfig,
+    LlamaConfig,
+    T5Config,
+)
+
+BlipModel = InstructBlipForConditionalGeneration | Blip2ForConditionalGeneration
+BlipConfig = InstructBlipConfig | Blip2Config
+BlipProcessor = InstructBlipProcessor | Blip2Processor
+
+PROCESSOR_CLASSES: dict[type[BlipModel], type[BlipProcessor]] = {
+    InstructBlipForConditionalGeneration: InstructBlipProcessor,
+    Blip2ForConditionalGeneration: Blip2Processor,
+}
+
+# Config fields that must agree between a checkpoint folder and its preset before any weight is read.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "num_query_tokens",
+    "qformer_config.hidden_size",
+    "qformer_config.num_hidden_layers",
+    "qformer_config.num_attention_heads",
+    "qformer_config.intermediate_size",
+    "qformer_config.cross_attention_frequency",
+    "qformer_config.encoder_hidden_size",
+    "text_config.model_type",
+    "text_config.hidden_size",
+)
+
+_VIT_G = dict(
+    hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+    image_size=224, patch_size=14, layer_norm_eps=1e-6, qkv_bias=True,
+)
+_QFORMER = dict(
+    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    cross_attention_frequency=2, encoder_hidden_size=1408, max_position_embeddings=512,
+)
+_NUM_QUERY_TOKENS = 32
+_T5_IMAGE_TOKEN = 32100
+_VICUNA_IMAGE_TOKEN = 32001
+
+
+def _flan_t5(d_model: int, d_ff: int, num_heads: int) -> T5Config:
+    return T5Config(
+        vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=24, num_decoder_layers=24,
+        num_heads=num_heads, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=0,
+    )
+
+
+def _vicuna(hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=32064, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=2048, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+        pad_token_id=32000, bos_token_id=0, eos_token_id=1,
+    )
+
+
+def _instructblip(text_config: T5Config | LlamaConfig, image_token_index: int) -> InstructBlipConfig:
+    return InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(**_VIT_G).to_dict(),
+        qformer_config=InstructBlipQFormerConfig(vocab_size=30523, **_QFORMER).to_dict(),
+        text_config=text_config.to_dict(),
+        num_query_tokens=_NUM_QUERY_TOKENS,
+        image_token_index=image_token_index,
+    )
+
+
+def instructblip_flan_t5_xl_config() -> InstructBlipConfig:
+    return _instructblip(_flan_t5(d_model=2048, d_ff=5120, num_heads=32), _T5_IMAGE_TOKEN)
+
+
+def instructblip_flan_t5_xxl_config() -> InstructBlipConfig:
+    return _instructblip(_flan_t5(d_model=4096, d_ff=10240, num_heads=64), _T5_IMAGE_TOKEN)
+
+
+def instructblip_vicuna_7b_config() -> InstructBlipConfig:
+    return _instructblip(_vicuna(4096, 11008, num_layers=32, num_heads=32), _VICUNA_IMAGE_TOKEN)
+
+
+def instructblip_vicuna_13b_config() -> InstructBlipConfig:
+    return _instructblip(_vicuna(5120, 13824, num_layers=40, num_heads=40), _VICUNA_IMAGE_TOKEN)
+
+
+def blip2_flan_t5_xl_config() -> Blip2Config:
+    return Blip2Config(
+        vision_config=Blip2VisionConfig(**_VIT_G).to_dict(),
+        qformer_config=Blip2QFormerConfig(**_QFORMER).to_dict(),
+        text_config=_flan_t5(d_model=2048, d_ff=5120, num_heads=32).to_dict(),
+        num_query_tokens=_NUM_QUERY_TOKENS,
+        image_token_index=_T5_IMAGE_TOKEN,
+    )
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One real checkpoint: how to build its architecture offline and what a local copy must look like."""
+
+    name: str
+    model_class: type[BlipModel]
+    config_factory: Callable[[], BlipConfig]
+    llm_family: str  # "t5" or "llama"
+    hub_id: str  # where the checkpoint is published; documentation only, never downloaded
+    dtype: torch.dtype = torch.bfloat16  # weights' dtype on a GPU
+
+
+PRESETS: dict[str, ModelPreset] = {
+    preset.name: preset
+    for preset in (
+        ModelPreset("instructblip-flan-t5-xl", InstructBlipForConditionalGeneration,
+                    instructblip_flan_t5_xl_config, "t5", "Salesforce/instructblip-flan-t5-xl"),
+        ModelPreset("instructblip-flan-t5-xxl", InstructBlipForConditionalGeneration,
+                    instructblip_flan_t5_xxl_config, "t5", "Salesforce/instructblip-flan-t5-xxl"),
+        ModelPreset("instructblip-vicuna-7b", InstructBlipForConditionalGeneration,
+                    instructblip_vicuna_7b_config, "llama", "Salesforce/instructblip-vicuna-7b"),
+        ModelPreset("instructblip-vicuna-13b", InstructBlipForConditionalGeneration,
+                    instructblip_vicuna_13b_config, "llama", "Salesforce/instructblip-vicuna-13b"),
+        ModelPreset("blip2-flan-t5-xl", Blip2ForConditionalGeneration,
+                    blip2_flan_t5_xl_config, "t5", "Salesforce/blip2-flan-t5-xl"),
+    )
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``; a ValueError lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def build_on_meta(name: str) -> BlipModel:
+    """The preset's architecture on the meta device: every shape, no weights, no memory."""
+    preset = get_preset(name)
+    with torch.device("meta"):
+        model = preset.model_class(preset.config_factory())
+        if preset.llm_family == "t5":
+            _untie_t5_lm_head(model)
+    return model
+
+
+def _untie_t5_lm_head(model: BlipModel) -> None:
+    """Give the T5 LM head its own weight, as FlanT5 checkpoints store it.
+
+    transformers 5 ties ``lm_head`` to the shared embedding in a T5 built from a config and unties the two
+    when a checkpoint holds both, so a meta build must untie them to count what a loaded model holds.
+    """
+    lm = model.language_model
+    lm.lm_head.weight = nn.Parameter(torch.empty_like(lm.shared.weight))
+    model.all_tied_weights_keys.pop("language_model.lm_head.weight", None)
+
+
+def freeze_except_qformer(model: BlipModel) -> None:
+    """Freeze the vision encoder and the LLM; Q-Former, query tokens and language projection stay trainable.
+
+    That trainable set is the paper's full Q-Former fine-tuning baseline; a peft wrapper later freezes it as
+    well and trains only its adapters.
+    """
+    model.requires_grad_(True)
+    model.vision_model.requires_grad_(False)
+    model.language_model.requires_grad_(False)
+
+
+def load_preset(
+    name: str, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[BlipModel, BlipProcessor]:
+    """Load the preset's checkpoint and processor from the local folder ``path`` (:func:`load_checkpoint`).
+
+    ``dtype`` defaults to the preset's dtype on CUDA and float32 elsewhere.
+    """
+    preset = get_preset(name)
+    if dtype is None:
+        dtype = preset.dtype if torch.device(device).type == "cuda" else torch.float32
+    expected = preset.config_factory()
+    return load_checkpoint(path, preset.model_class, expected=expected, device=device, dtype=dtype)
+
+
+def load_checkpoint(
+    path: str | Path,
+    model_class: type[BlipModel],
+    expected: BlipConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[BlipModel, BlipProcessor]:
+    """Load a model and its processor from a local folder, with the vision encoder and the LLM frozen.
+
+    The folder's config is checked before any weight is read: its ``model_type`` must be ``model_class``'s
+    and, when ``expected`` is given, the :data:`ARCHITECTURE_FIELDS` must match it.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a saved checkpoint folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    wanted_type = model_class.config_class.model_type
+    if model_type != wanted_type:
+        raise ValueError(
+            f"{config_file}: model_type is {model_type!r}, but {model_class.__name__} needs {wanted_type!r}"
+        )
+    config = model_class.config_class.from_pretrained(folder, local_files_only=True)
+    if expected is not None:
+        check_architecture(config, expected, folder)
+    model = model_class.from_pretrained(
+        folder, config=config, local_files_only=True, dtype=dtype, device_map=device
+    )
+    processor = PROCESSOR_CLASSES[model_class].from_pretrained(folder, local_files_only=True)
+    freeze_except_qformer(model)
+    return model, processor
+
+
+def check_architecture(config: BlipConfig, expected: BlipConfig, folder: str | Path) -> None:
+    """Raise a ValueError naming ``folder`` and each :data:`ARCHITECTURE_FIELDS` entry that differs."""
+    mismatches = [
+        f"{field} is {found!r}, expected {wanted!r}"
+        for field in ARCHITECTURE_FIELDS
+        if (found := _field(config, field)) != (wanted := _field(expected, field))
+    ]
+    if mismatches:
+        config_file = Path(folder) / "config.json"
+        raise ValueError(f"{config_file} is not the expected architecture: {'; '.join(mismatches)}")
+
+
+def _field(config: BlipConfig, dotted: str) -> object:
+    value: object = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value

@@ -1,0 +1,109 @@
+import json
+import shutil
+
+import pytest
+
+from analysis import load_metrics, load_runs
+from runner.config import load_config
+from runner.sweep import run_sweep
+from runner.train import _sha256, read_status
+
+SWEEP = """
+[sweep]
+out = "{out}"
+benchmarks = ["iconqa", "vizwiz"]
+seeds = [0]
+
+[model]
+preset = "tiny"
+
+[data]
+root = "{data}"
+synthetic = true
+max_train_examples = 48
+max_eval_examples = 12
+
+[training]
+epochs = 1
+batch_size = 8
+learning_rate = 5e-3
+max_new_tokens = 4
+
+[[methods]]
+name = "adalora"
+placement = "all_linear"
+init_r = 4
+target_r = 2
+deltaT = 1
+
+[[methods]]
+name = "lora"
+placement = "self_attn_qv"
+rank = 2
+"""
+
+
+def sweep_config(tmp_path, out="runs", data="data"):
+    path = tmp_path / f"{out}.toml"
+    path.write_text(SWEEP.format(out=tmp_path / out, data=tmp_path / data))
+    return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    config = sweep_config(tmp_path)
+    return tmp_path, config, run_sweep(config, progress=False)
+
+
+@pytest.mark.slow
+def test_sweep_writes_complete_run_folders(finished_sweep):
+    tmp_path, config, report = finished_sweep
+    assert len(report.finished) == 4 and not report.failed
+    adalora = tmp_path / "runs" / "iconqa" / "adalora-all_linear-r4to2" / "seed0"
+    for name in ["config.json", "status.json", "run.json", "records.parquet", "metrics.json", "predictions.jsonl", "adapter/adapter_config.json"]:
+        assert (adalora / name).exists(), name
+    lora = tmp_path / "runs" / "vizwiz" / "lora-self_attn_qv-r2" / "seed0"
+    assert (lora / "metrics.json").exists() and not (lora / "records.parquet").exists()
+    report_json = json.loads((adalora / "metrics.json").read_text())
+    assert 0 <= report_json["metrics"]["accuracy"] <= 1 and report_json["metrics"]["examples"] == 12
+    assert report_json["adapter_sha256"] == _sha256(adalora / "adapter")  # evaluated weights are the saved ones
+    assert len((adalora / "predictions.jsonl").read_text().splitlines()) == 12
+    assert json.loads((adalora / "config.json").read_text())["method"]["tag"] == "adalora-all_linear-r4to2"
+    metrics = load_metrics(tmp_path / "runs")
+    assert sorted(metrics["metric"]) == ["accuracy", "accuracy", "vqa_accuracy", "vqa_accuracy"]
+    records = load_runs(tmp_path / "runs")
+    assert set(records["benchmark"]) == {"iconqa", "vizwiz"}
+    final = records[records["step"] == records["step"].max()]
+    assert final.groupby("benchmark")["rank"].sum().to_dict() == {"iconqa": 240, "vizwiz": 240}
+
+
+@pytest.mark.slow
+def test_finished_runs_are_skipped_on_rerun(finished_sweep):
+    tmp_path, config, _ = finished_sweep
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")}
+    again = run_sweep(config, progress=False)
+    assert len(again.skipped) == 4 and not again.finished and not again.failed
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")} == before
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(finished_sweep):
+    tmp_path, _, _ = finished_sweep
+    broken_data = tmp_path / "broken-data"
+    shutil.copytree(tmp_path / "data", broken_data)
+    missing = sorted((broken_data / "vizwiz" / "train").iterdir())[0]
+    missing.unlink()
+    config = sweep_config(tmp_path, out="runs-broken", data="broken-data")
+    report = run_sweep(config, progress=False)
+    assert len(report.finished) == 2 and len(report.failed) == 2
+    assert all("vizwiz" in str(path) and missing.name in error for path, error in report.failed.items())
+    failed_dir = next(iter(report.failed))
+    assert read_status(failed_dir) == "failed"
+    assert missing.name in json.loads((failed_dir / "status.json").read_text())["error"]
+
+    shutil.copy(tmp_path / "data" / "vizwiz" / "train" / missing.name, missing)  # repair, then rerun
+    rerun = run_sweep(config, progress=False)
+    assert len(rerun.finished) == 2 and len(rerun.skipped) == 2 and not rerun.failed
+    set_aside = list(failed_dir.parent.glob("seed0.unfinished-*"))
+    assert len(set_aside) == 1 and read_status(set_aside[0]) == "failed"  # the failed attempt is kept
