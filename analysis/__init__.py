@@ -4,10 +4,47 @@ Nothing here imports torch or peft.
 """
 
 from .load import RecordError, find_runs, load_metrics, load_runs, read_run
+from .metrics import (
+    allocation_correlation,
+    allocation_entropy,
+    block_share,
+    bootstrap_block_share,
+    compare_benchmarks,
+    layer_share,
+    mark_structural,
+    module_summary,
+    normalized_importance,
+    permutation_test,
+    rank_retention,
+    rank_trajectories,
+    run_summary,
+    seed_correlation,
+    settle_step,
+    to_xarray,
+)
+from .replay import rank_pattern_for_lora, replay_allocation
 from .schema import COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from .tables import SUBLAYER_COLUMNS, last_recorded_step, rank_heatmap_data
 
 __all__ = [
+    "allocation_correlation",
+    "allocation_entropy",
+    "block_share",
+    "bootstrap_block_share",
+    "compare_benchmarks",
+    "layer_share",
+    "mark_structural",
+    "module_summary",
+    "normalized_importance",
+    "permutation_test",
+    "rank_pattern_for_lora",
+    "rank_retention",
+    "rank_trajectories",
+    "replay_allocation",
+    "run_summary",
+    "seed_correlation",
+    "settle_step",
+    "to_xarray",
     "COLUMNS",
     "RECORD_SCHEMA",
     "RecordError",

@@ -22,6 +22,7 @@ _EXPORTS = {
     "StepRecord": "records",
     "ParquetSink": "sinks",
     "RecordSink": "sinks",
+    "TensorBoardSink": "tensorboard",
     "BLOCKS": "taxonomy",
     "BLOCK_PROJS": "taxonomy",
     "PLACEMENTS": "taxonomy",
