@@ -430,22 +430,25 @@ def permutation_test(
     ``C(n_a + n_b, n_a)`` relabelings are enumerated when there are at most ``n_permutations`` of them
     (``exact``), else ``n_permutations`` random ones (``numpy.random.default_rng(seed)``) with
     ``p = (count + 1) / (n_permutations + 1)``. The smallest possible p is ``2 / C(n_a + n_b, n_a)``:
-    1/3 with 2 seeds each, 0.029 with 4 each. One row with columns ``benchmark_a, benchmark_b, block,
+    1/3 with 2 seeds each, 0.029 with 4 each. With a single seed on either side there is nothing to
+    permute and ``p_value`` is NaN. One row with columns ``benchmark_a, benchmark_b, block,
     n_seeds_a, n_seeds_b, mean_a, mean_b, difference, p_value, exact, n_relabelings``.
     """
     table = _seed_shares(shares)
     a = _block_values(table, benchmark_a, block)
     b = _block_values(table, benchmark_b, block)
     n_distinct = math.comb(len(a) + len(b), len(a))
-    result = stats.permutation_test(
-        (a, b),
-        _abs_mean_difference,
-        permutation_type="independent",
-        vectorized=True,
-        n_resamples=n_permutations,
-        alternative="greater",
-        rng=np.random.default_rng(seed),
-    )
+    p_value = float("nan")
+    if min(len(a), len(b)) >= 2:
+        p_value = stats.permutation_test(
+            (a, b),
+            _abs_mean_difference,
+            permutation_type="independent",
+            vectorized=True,
+            n_resamples=n_permutations,
+            alternative="greater",
+            rng=np.random.default_rng(seed),
+        ).pvalue
     exact = n_distinct <= n_permutations
     row = {
         "benchmark_a": benchmark_a,
@@ -456,7 +459,7 @@ def permutation_test(
         "mean_a": a.mean(),
         "mean_b": b.mean(),
         "difference": a.mean() - b.mean(),
-        "p_value": float(result.pvalue),
+        "p_value": float(p_value),
         "exact": exact,
         "n_relabelings": n_distinct if exact else n_permutations,
     }
@@ -468,7 +471,8 @@ def compare_benchmarks(shares: pd.DataFrame, n_permutations: int = 10000, seed: 
 
     ``spread_a`` and ``spread_b`` are the range (max - min) of the block's share over each benchmark's
     seeds; ``exceeds_seed_spread`` is ``|difference| > max(spread_a, spread_b)``: a benchmark difference
-    smaller than the seed-to-seed difference is no evidence, whatever its p-value.
+    smaller than the seed-to-seed difference is no evidence, whatever its p-value. It is NA when either
+    benchmark has a single seed, since a spread of one seed says nothing.
     """
     table = _seed_shares(shares)
     spread = table.groupby(["benchmark", "block"])["share"].agg(lambda s: s.max() - s.min())
@@ -495,7 +499,9 @@ def compare_benchmarks(shares: pd.DataFrame, n_permutations: int = 10000, seed: 
         "spread_b",
     ]
     out = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(columns=columns)
-    out["exceeds_seed_spread"] = out["difference"].abs() > out[["spread_a", "spread_b"]].max(axis=1)
+    exceeds = out["difference"].abs() > out[["spread_a", "spread_b"]].max(axis=1)
+    single_seed = out[["n_seeds_a", "n_seeds_b"]].min(axis=1) < 2
+    out["exceeds_seed_spread"] = exceeds.astype("boolean").mask(single_seed)
     return out
 
 

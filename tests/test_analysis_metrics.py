@@ -609,3 +609,19 @@ def test_metrics_accept_load_runs_records(tmp_path):
     array = to_xarray(records)
     assert array.shape == (2, 2, 3, 2, 4, 5)
     assert np.isnan(array.sel(layer=1, block="cross_attn")).all()
+
+
+def test_single_seed_benchmarks_get_no_p_value_and_no_spread_verdict():
+    shares = pd.DataFrame(
+        {
+            "run": ["a0", "b0", "a0", "b0"],
+            "benchmark": ["a", "b", "a", "b"],
+            "seed": [0, 0, 0, 0],
+            "step": [10] * 4,
+            "block": ["self_attn", "self_attn", "cross_attn", "cross_attn"],
+            "share": [0.6, 0.3, 0.4, 0.7],
+        }
+    )
+    table = compare_benchmarks(shares)
+    assert table["p_value"].isna().all() and table["exceeds_seed_spread"].isna().all()
+    assert table.set_index("block").loc["self_attn", "difference"] == pytest.approx(0.3)

@@ -5,16 +5,12 @@ import pytest
 from PIL import Image
 
 from analysis import load_metrics, load_runs
-from qformer_budget.cli import main
-
 BENCHMARKS = ["flickr30k", "iconqa", "scienceqa", "vizwiz"]
 
 
 @pytest.mark.slow
-def test_demo_runs_the_sweep_on_four_synthetic_benchmarks(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "--examples", "48", "--epochs", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "4 finished, 0 skipped" in printed and "demo finished in" in printed
+def test_demo_runs_the_sweep_on_four_synthetic_benchmarks(quick_demo):
+    tmp_path = quick_demo
     records = load_runs(tmp_path)
     assert sorted(records["benchmark"].unique()) == BENCHMARKS
     for benchmark in BENCHMARKS:
