@@ -24,9 +24,31 @@ from .metrics import (
 )
 from .replay import rank_pattern_for_lora, replay_allocation
 from .schema import COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
-from .tables import SUBLAYER_COLUMNS, last_recorded_step, rank_heatmap_data
+from .figures import regenerate_figures
+from .tables import (
+    SUBLAYER_COLUMNS,
+    block_share_ci_data,
+    budget_schedule_data,
+    heatmap_tables,
+    importance_data,
+    last_recorded_step,
+    phase_spans,
+    rank_difference_data,
+    rank_heatmap_data,
+    structural_cells,
+    trajectory_data,
+)
 
 __all__ = [
+    "block_share_ci_data",
+    "budget_schedule_data",
+    "heatmap_tables",
+    "importance_data",
+    "phase_spans",
+    "rank_difference_data",
+    "regenerate_figures",
+    "structural_cells",
+    "trajectory_data",
     "allocation_correlation",
     "allocation_entropy",
     "block_share",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from peft_hooks.taxonomy import BLOCK_PROJS, BLOCKS
@@ -33,3 +34,211 @@ def rank_heatmap_data(records: pd.DataFrame, value: str = "rank") -> pd.DataFram
     table.index.name = "layer"
     table.columns.name = "sublayer"
     return table.astype(float)
+
+
+# --- structural cells ---
+
+
+def structural_cells(table: pd.DataFrame, last_layer: int | None = None) -> pd.DataFrame:
+    """Bool mask of a layer x sublayer table (heatmap or difference): True on the structural cells.
+
+    The structural cells are the text FFN (``ffn_text.*`` columns) of the last Q-Former layer, the same
+    rule as :func:`analysis.metrics.mark_structural`: only the query positions of the last layer reach the
+    LLM, so its text FFN gets no task gradient and its rank is a property of the architecture, not a
+    finding. ``last_layer`` defaults to the table's deepest row; pass the model's last layer when the
+    placement left the deepest layers out. Cells without a module (NaN) are never structural.
+    """
+    mask = pd.DataFrame(False, index=table.index, columns=table.columns)
+    deepest = table.index.max() if last_layer is None else last_layer
+    if len(table) and deepest in table.index:
+        text_ffn = [c for c in table.columns if str(c).startswith("ffn_text.")]
+        mask.loc[deepest, text_ffn] = table.loc[deepest, text_ffn].notna().to_numpy()
+    return mask
+
+
+# --- small multiples and differences ---
+
+
+def heatmap_tables(records: pd.DataFrame, value: str = "rank") -> dict[str, pd.DataFrame]:
+    """One :func:`rank_heatmap_data` table per benchmark (sorted by name), for ``plot_heatmap_grid``.
+
+    Every table has the rows of the deepest layer recorded in any benchmark, so the panels line up.
+    """
+    qformer = records.dropna(subset=["layer"])
+    if qformer.empty:
+        raise ValueError("no Q-Former records to draw: the table has no rows with a layer")
+    layers = pd.RangeIndex(int(qformer["layer"].max()) + 1, name="layer")
+    return {
+        str(benchmark): rank_heatmap_data(rows, value).reindex(index=layers)
+        for benchmark, rows in sorted(qformer.groupby("benchmark"), key=lambda item: str(item[0]))
+    }
+
+
+def rank_difference_data(
+    records: pd.DataFrame, benchmark_a: str, benchmark_b: str, value: str = "rank"
+) -> pd.DataFrame:
+    """Layer x sublayer table of ``value(a) - value(b)``, each the mean over its runs' last recorded step.
+
+    Same rows and columns as :func:`rank_heatmap_data`; a cell is NaN where either benchmark has no
+    module there (a true difference of 0 stays 0).
+    """
+    tables = heatmap_tables(records[records["benchmark"].isin([benchmark_a, benchmark_b])], value)
+    missing = [b for b in (benchmark_a, benchmark_b) if b not in tables]
+    if missing:
+        raise ValueError(
+            f"no Q-Former records of benchmark(s) {missing}; benchmarks present: {sorted(tables)}"
+        )
+    return tables[benchmark_a] - tables[benchmark_b]
+
+
+# --- over training steps ---
+
+_PHASE_ORDER = {"warmup": 0, "budgeting": 1, "final": 2}
+
+
+def phase_spans(records: pd.DataFrame) -> pd.DataFrame:
+    """Step spans of the AdaLoRA phases per benchmark, from the ``phase`` column, for shading.
+
+    Columns ``benchmark, phase, start, end``: ``start`` is the first recorded step of the phase in any of
+    the benchmark's runs and ``end`` the ``start`` of the next phase (or the last recorded step), so
+    the spans tile the recorded steps. The true boundary lies between the last recorded step of one
+    phase and the first of the next.
+    """
+    firsts = records.groupby(["benchmark", "phase"], as_index=False).agg(
+        start=("step", "min"), last=("step", "max")
+    )
+    rows = []
+    for benchmark, group in firsts.groupby("benchmark", sort=True):
+        order = group["phase"].map(_PHASE_ORDER).fillna(len(_PHASE_ORDER))
+        group = group.assign(order=order).sort_values(["start", "order"])
+        starts = group["start"].tolist()
+        ends = starts[1:] + [int(group["last"].max())]
+        rows += [
+            (str(benchmark), str(phase), int(start), int(end))
+            for phase, start, end in zip(group["phase"], starts, ends, strict=True)
+        ]
+    return pd.DataFrame(rows, columns=["benchmark", "phase", "start", "end"])
+
+
+def trajectory_data(
+    records: pd.DataFrame,
+    value: str = "share",
+    normalize: str = "rank",
+    include_structural: bool = False,
+) -> pd.DataFrame:
+    """Per block over recorded steps: each seed's ``value`` and the mean over seeds, for trajectory plots.
+
+    ``value`` is ``"share"`` (share of the kept rank, normalised as in
+    :func:`analysis.metrics.block_share`) or ``"rank"`` (sum of the block's kept ranks). Columns
+    ``benchmark, line, seed, step, block, value, n_seeds``: rows with ``line == "seed"`` hold one seed
+    (``n_seeds`` 1), rows with ``line == "mean"`` the mean over the seeds recorded at that step
+    (``seed`` is NA). Structural rows are left out unless ``include_structural``.
+    """
+    from .metrics import rank_trajectories
+
+    if value not in ("share", "rank"):
+        raise ValueError(f"value must be 'share' or 'rank'; got {value!r}")
+    per_run = rank_trajectories(records, "block", normalize, include_structural)
+    seeds = per_run.rename(columns={value: "value"})[["benchmark", "seed", "step", "block", "value"]]
+    seeds = seeds.assign(line="seed", n_seeds=1)
+    means = seeds.groupby(["benchmark", "step", "block"], as_index=False, sort=False).agg(
+        value=("value", "mean"), n_seeds=("seed", "nunique")
+    )
+    means = means.assign(line="mean", seed=pd.NA)
+    out = pd.concat([seeds, means], ignore_index=True)
+    out["seed"] = out["seed"].astype("Int64")
+    out["value"] = out["value"].astype("float64")
+    columns = ["benchmark", "line", "seed", "step", "block", "value", "n_seeds"]
+    return _in_block_order(out[columns], ["benchmark", "line", "seed", "block", "step"])
+
+
+def budget_schedule_data(records: pd.DataFrame) -> pd.DataFrame:
+    """The recorded budget and the kept total rank per run and recorded step.
+
+    Columns ``run, benchmark, seed, step, phase, mask_step, budget, total_rank, n_modules``:
+    ``budget`` is ``budget_schedule``'s total at that step, ``total_rank`` the sum of the kept ranks of
+    every adapted module (structural ones included: AdaLoRA allocates over all of them).
+    """
+    rows = records.assign(rank=records["rank"].astype("int64"), mask_step=records["mask_step"].astype(bool))
+    out = rows.groupby(["run", "benchmark", "seed", "step"], as_index=False).agg(
+        phase=("phase", "first"),
+        mask_step=("mask_step", "any"),
+        budget=("budget", "first"),
+        total_rank=("rank", "sum"),
+        n_modules=("module", "size"),
+    )
+    return out.sort_values(["benchmark", "seed", "run", "step"]).reset_index(drop=True)
+
+
+# --- importance and block shares ---
+
+
+def importance_data(
+    records: pd.DataFrame, step: int | None = None, include_structural: bool = True
+) -> pd.DataFrame:
+    """Module importance scores at one step per run, for distributions on a log scale.
+
+    ``step=None`` takes each run's last recorded step that still has scores (peft clears them in the
+    final phase, so this is usually the final mask step); an ``int`` takes that step in every run.
+    Columns ``run, benchmark, seed, step, module, sublayer, layer, block, proj, score, log10_score,
+    structural``: ``log10_score`` is NaN where ``score <= 0`` (no place on a log axis); ``structural``
+    flags the last layer's text FFN (:func:`analysis.metrics.mark_structural`), kept unless
+    ``include_structural`` is False so that plots can mark it. Rows with no score or no block are dropped.
+    """
+    from .metrics import mark_structural, select_step
+
+    rows = records.dropna(subset=["score", "block", "layer"])
+    if step is None:
+        rows = last_recorded_step(rows)
+    else:
+        rows = select_step(rows, step)
+    if "structural" not in rows.columns:
+        rows = mark_structural(rows)
+    if not include_structural:
+        rows = rows[~rows["structural"]]
+    score = rows["score"].astype("float64")
+    log10 = np.log10(score.where(score > 0))
+    columns = ["run", "benchmark", "seed", "step", "module", "sublayer", "layer", "block", "proj"]
+    out = rows[columns].assign(score=score, log10_score=log10, structural=rows["structural"].astype(bool))
+    return _in_block_order(out, ["benchmark", "seed", "run", "block", "layer", "proj"])
+
+
+def block_share_ci_data(
+    records: pd.DataFrame,
+    normalize: str = "rank",
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    include_structural: bool = False,
+) -> pd.DataFrame:
+    """Mean final block share per benchmark with a seed-bootstrap confidence interval, for bar charts.
+
+    :func:`analysis.metrics.block_share` at each run's last step with ``normalize`` (``"rank"``,
+    ``"module"`` or ``"parameter"``), then :func:`analysis.metrics.bootstrap_block_share`. Columns
+    ``benchmark, block, normalize, confidence, n_seeds, mean, ci_low, ci_high``; the interval is NaN with
+    one seed, and with 2 or 3 seeds it is crude (see ``bootstrap_block_share``).
+    Structural rows are left out unless ``include_structural``.
+    """
+    from .metrics import block_share, bootstrap_block_share
+
+    shares = block_share(records, "final", normalize, include_structural)  # type: ignore[arg-type]
+    ci = bootstrap_block_share(shares, n_boot=n_boot, confidence=confidence, seed=seed)
+    ci.insert(2, "normalize", normalize)
+    ci.insert(3, "confidence", float(confidence))
+    return _in_block_order(ci, ["benchmark", "block"])
+
+
+_BLOCK_RANK = {block: i for i, block in enumerate(BLOCKS)}
+
+
+def _in_block_order(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``frame`` sorted by ``keys``, blocks in grammar order (unknown blocks last)."""
+
+    def key(col: pd.Series) -> pd.Series:
+        if col.name == "block":
+            return col.map(_BLOCK_RANK).fillna(len(BLOCKS))
+        if col.name == "line":
+            return col.map({"seed": 0, "mean": 1})
+        return col
+
+    return frame.sort_values(keys, key=key, kind="stable").reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""The ``qformer-budget`` command: ``demo``, ``run``, ``params``."""
+"""The ``qformer-budget`` command: ``demo``, ``run``, ``params``, ``figures``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def _demo(args: argparse.Namespace) -> int:
     report, figures = run_demo(args.out, demo_config(args.out, args.seeds, args.examples, args.epochs))
     print(report.summary())
     print(metrics_table(args.out))
-    for path in figures:
-        print(f"  {path}")
+    if figures:
+        print(f"figures: {len(figures) - 1} files in {figures[-1].parent}, listed in {figures[-1]}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0 if not report.failed else 1
 
@@ -37,6 +37,17 @@ def _params(args: argparse.Namespace) -> int:
 
     table = parameter_table(args.presets, ranks=tuple(args.ranks), methods=tuple(args.methods))
     print(format_table(table))
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.figures import regenerate_figures
+
+    out = Path(args.out) if args.out is not None else Path(args.runs_dir) / "figures"
+    paths = regenerate_figures(args.runs_dir, out, method=args.method)
+    print(f"{len(paths) - 1} figure files in {out}, listed in {paths[-1]}")
     return 0
 
 
@@ -64,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
     params.add_argument("--methods", nargs="+", default=["lora"], choices=["lora", "adalora"])
     params.set_defaults(handler=_params)
+
+    figures = commands.add_parser(
+        "figures", help="regenerate every figure (PNG and PDF) and its index.md from recorded runs"
+    )
+    figures.add_argument("runs_dir", help="a run folder or a folder of runs (e.g. a sweep's out)")
+    figures.add_argument("--out", default=None, help="write the figures here (default: RUNS_DIR/figures)")
+    figures.add_argument(
+        "--method", default=None,
+        help="the configuration to draw when RUNS_DIR holds several (the run folders' parent name)",
+    )
+    figures.set_defaults(handler=_figures)
     return parser
 
 

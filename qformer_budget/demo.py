@@ -1,8 +1,9 @@
 """The offline demo: the sweep of ``runner/configs/demo.toml`` on the four synthetic benchmarks.
 
 AdaLoRA on all 120 Q-Former Linear layers of the tiny InstructBLIP, two seeds per benchmark;
-then one final-rank heatmap per benchmark. Layout: ``OUT/<benchmark>/<method>/seed<k>/`` per run,
-``OUT/data/`` for the generated benchmarks, ``OUT/figures/`` for the heatmaps.
+then every figure of ``analysis.figures.regenerate_figures`` (the final-rank heatmap of each benchmark is
+``rank_heatmap_<benchmark>.png``). Layout: ``OUT/<benchmark>/<method>/seed<k>/`` per run,
+``OUT/data/`` for the generated benchmarks, ``OUT/figures/`` for the figures and their ``index.md``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import warnings
 from importlib.resources import files
 from pathlib import Path
 
-from matplotlib import pyplot as plt
 from transformers.utils import logging as hf_logging
 
-from analysis import load_metrics, load_runs, rank_heatmap_data
-from analysis.plots import plot_rank_heatmap
+from analysis import load_metrics
+from analysis.figures import regenerate_figures
 from runner.config import SweepConfig, load_config
 from runner.sweep import SweepReport, run_sweep
 
@@ -38,32 +38,14 @@ def demo_config(
     return config
 
 
-def draw_heatmaps(out_dir: Path) -> list[Path]:
-    """One final-rank heatmap per benchmark of the runs under ``out_dir``, averaged over seeds."""
-    records = load_runs(out_dir)
-    figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for benchmark, rows in records.groupby("benchmark"):
-        seeds = rows["seed"].nunique()
-        ax = plot_rank_heatmap(
-            rank_heatmap_data(rows), title=f"{benchmark}: final AdaLoRA rank per Q-Former sublayer (mean of {seeds} seeds)"
-        )
-        path = figures / f"rank_heatmap_{benchmark}.png"
-        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
-        plt.close(ax.figure)
-        paths.append(path)
-    return paths
-
-
 def run_demo(out_dir: str | Path, config: SweepConfig) -> tuple[SweepReport, list[Path]]:
-    """Run the demo sweep, then draw the heatmaps."""
+    """Run the demo sweep, then write every figure into ``OUT/figures`` (paths returned, ``index.md`` last)."""
     out_dir = Path(out_dir).resolve()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()  # weight-loading bars; the sweep and training bars stay
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     report = run_sweep(config)
-    return report, draw_heatmaps(out_dir)
+    return report, regenerate_figures(out_dir, out_dir / "figures")
 
 
 def metrics_table(out_dir: str | Path) -> str:
