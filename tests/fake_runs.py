@@ -8,6 +8,20 @@ from peft_hooks.records import ModuleInfo, StepRecord
 from peft_hooks.sinks import ParquetSink
 
 
+# A two-layer Q-Former slice for hand-computed metrics, as (layer, block, proj, in_features, out_features):
+# attention 8 -> 8, FFN intermediate 8 -> 32. Layer 1 is the deepest, so its text FFN is the structural
+# zero, and it has no cross-attention.
+SMALL_QFORMER = [
+    (0, "self_attn", "query", 8, 8),
+    (0, "cross_attn", "query", 8, 8),
+    (0, "ffn_query", "intermediate", 8, 32),
+    (0, "ffn_text", "intermediate", 8, 32),
+    (1, "self_attn", "query", 8, 8),
+    (1, "ffn_query", "intermediate", 8, 32),
+    (1, "ffn_text", "intermediate", 8, 32),
+]
+
+
 def fake_modules(layers: int = 2) -> tuple[ModuleInfo, ...]:
     names = []
     for layer in range(layers):

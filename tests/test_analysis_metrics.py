@@ -28,19 +28,9 @@ from analysis.metrics import (
     to_xarray,
 )
 from peft_hooks.taxonomy import sublayer_label
-from tests.fake_runs import fake_modules, fake_record, write_fake_run
+from tests.fake_runs import SMALL_QFORMER, fake_modules, fake_record, write_fake_run
 
-# (layer, block, proj, in_features, out_features): attention 8 -> 8, FFN intermediate 8 -> 32.
-# Layer 1 is the deepest: its text FFN is the structural zero; it has no cross-attention.
-MODULES = [
-    (0, "self_attn", "query", 8, 8),
-    (0, "cross_attn", "query", 8, 8),
-    (0, "ffn_query", "intermediate", 8, 32),
-    (0, "ffn_text", "intermediate", 8, 32),
-    (1, "self_attn", "query", 8, 8),
-    (1, "ffn_query", "intermediate", 8, 32),
-    (1, "ffn_text", "intermediate", 8, 32),
-]
+MODULES = SMALL_QFORMER
 INIT_R = 4
 
 

@@ -36,19 +36,10 @@ from analysis.tables import (
     structural_cells,
     trajectory_data,
 )
+from fake_runs import SMALL_QFORMER
 from peft_hooks.taxonomy import BLOCKS, sublayer_label
 
-# (layer, block, proj, in, out): layer 1 is the deepest, so its text FFN is the structural zero;
-# layer 1 has no cross-attention.
-MODULES = [
-    (0, "self_attn", "query", 8, 8),
-    (0, "cross_attn", "query", 8, 8),
-    (0, "ffn_query", "intermediate", 8, 32),
-    (0, "ffn_text", "intermediate", 8, 32),
-    (1, "self_attn", "query", 8, 8),
-    (1, "ffn_query", "intermediate", 8, 32),
-    (1, "ffn_text", "intermediate", 8, 32),
-]
+MODULES = SMALL_QFORMER
 NAN = float("nan")
 
 
