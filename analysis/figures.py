@@ -54,10 +54,18 @@ _NORMALIZATION_TEXT = {
 
 @dataclass
 class _Index:
-    """What was written (file stem, section, one-sentence description) and what was skipped and why."""
+    """Writes figures into ``out_dir`` and keeps what was written (stem, section, description) and what was
+    skipped and why, for ``index.md``."""
 
+    out_dir: Path
+    dpi: int
+    written: list[Path] = field(default_factory=list)
     entries: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, fig: Figure, stem: str, section: str, description: str) -> None:
+        self.written += save_figure(fig, self.out_dir, stem, self.dpi)
+        self.entries.append((stem, section, description))
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = FIGURE_DPI) -> list[Path]:
@@ -128,23 +136,21 @@ def regenerate_figures(
     records = _select_runs(load_runs(runs_dir), method)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = _Index()
-    written: list[Path] = []
+    index = _Index(out_dir, dpi)
+    tables = heatmap_tables(records)
     with plt.style.context("default"):
-        written += _per_benchmark_figures(records, out_dir, index, dpi)
-        written += _cross_benchmark_figures(records, out_dir, index, dpi, n_boot)
+        _per_benchmark_figures(records, tables, index)
+        _cross_benchmark_figures(records, tables, index, n_boot)
     index_path = out_dir / INDEX_FILE
     index_path.write_text(_index_text(records, runs_dir, out_dir, index), encoding="utf-8")
-    return [*written, index_path]
+    return [*index.written, index_path]
 
 
-def _per_benchmark_figures(records: pd.DataFrame, out_dir: Path, index: _Index, dpi: int) -> list[Path]:
-    tables = heatmap_tables(records)
+def _per_benchmark_figures(records: pd.DataFrame, tables: dict[str, pd.DataFrame], index: _Index) -> None:
     vmax = max(float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()) or 1.0
     phases = phase_spans(records)
     trajectories = trajectory_data(records, value="share", normalize="rank")
     schedules = budget_schedule_data(records)
-    written = []
     for benchmark, table in tables.items():
         rows = records[records["benchmark"] == benchmark]
         part = _file_part(benchmark)
@@ -153,45 +159,39 @@ def _per_benchmark_figures(records: pd.DataFrame, out_dir: Path, index: _Index, 
         ax = plot_rank_heatmap(
             table, vmax=vmax, title=f"{benchmark}: final AdaLoRA rank per Q-Former sublayer ({seeds})"
         )
-        written += save_figure(ax.figure, out_dir, f"rank_heatmap_{part}", dpi)
-        index.entries.append((
-            f"rank_heatmap_{part}", "Per benchmark",
+        index.add(
+            ax.figure, f"rank_heatmap_{part}", "Per benchmark",
             f"Final kept rank of every Q-Former sublayer on {benchmark} ({seeds}), layer by sublayer, on "
             "the colour scale shared by all benchmarks; hatched cells have no module, the outlined text FFN "
             "of the last layer is a structural zero.",
-        ))
+        )
 
         ax = plot_rank_trajectories(
             trajectories[trajectories["benchmark"] == benchmark], phases,
             title=f"{benchmark}: share of kept rank per block over training",
             ylabel="share of kept rank\n(structural zero excluded)",
         )
-        written += save_figure(ax.figure, out_dir, f"rank_trajectory_{part}", dpi)
-        index.entries.append((
-            f"rank_trajectory_{part}", "Per benchmark",
+        index.add(
+            ax.figure, f"rank_trajectory_{part}", "Per benchmark",
             f"Each block's share of the kept rank over the optimizer steps on {benchmark}, one thin line per "
             "seed and a thick mean, with the warmup, budgeting and final phases shaded.",
-        ))
+        )
 
         ax = plot_budget_schedule(
             schedules[schedules["benchmark"] == benchmark], phases,
             title=f"{benchmark}: rank budget and kept total rank",
         )
-        written += save_figure(ax.figure, out_dir, f"budget_schedule_{part}", dpi)
-        index.entries.append((
-            f"budget_schedule_{part}", "Per benchmark",
+        index.add(
+            ax.figure, f"budget_schedule_{part}", "Per benchmark",
             f"The total rank budget of AdaLoRA's schedule and the total rank each run of {benchmark} kept, "
             "over the optimizer steps, with the mask steps marked and the phases shaded.",
-        ))
-    return written
+        )
 
 
 def _cross_benchmark_figures(
-    records: pd.DataFrame, out_dir: Path, index: _Index, dpi: int, n_boot: int
-) -> list[Path]:
-    tables = heatmap_tables(records)
+    records: pd.DataFrame, tables: dict[str, pd.DataFrame], index: _Index, n_boot: int
+) -> None:
     benchmarks = list(tables)
-    written = []
     section = "Across benchmarks"
 
     if len(benchmarks) > 1:
@@ -199,11 +199,10 @@ def _cross_benchmark_figures(
             {f"{b} ({_seeds_text(records[records['benchmark'] == b])})": t for b, t in tables.items()},
             title="Final AdaLoRA rank per Q-Former sublayer",
         )
-        written += save_figure(fig, out_dir, "rank_heatmap_grid", dpi)
-        index.entries.append((
-            "rank_heatmap_grid", section,
+        index.add(
+            fig, "rank_heatmap_grid", section,
             "The final-rank heatmaps of all benchmarks side by side on one colour scale.",
-        ))
+        )
         pairs = list(combinations(benchmarks, 2))
         differences = {pair: rank_difference_data(records, *pair) for pair in pairs}
         vmax = max(float(d.abs().max().max()) for d in differences.values()) or 1.0
@@ -213,12 +212,11 @@ def _cross_benchmark_figures(
                 title=f"Final rank: {a} minus {b} (means over seeds)",
             )
             stem = f"rank_difference_{_file_part(a)}_minus_{_file_part(b)}"
-            written += save_figure(ax.figure, out_dir, stem, dpi)
-            index.entries.append((
-                stem, section,
+            index.add(
+                ax.figure, stem, section,
                 f"Final kept rank of {a} minus that of {b} per sublayer (each the mean over its seeds), red "
                 f"where {a} keeps more, on a diverging scale centred at 0 shared by all pairs.",
-            ))
+            )
     else:
         index.skipped.append((
             "rank_heatmap_grid, rank_difference_<a>_minus_<b>",
@@ -232,13 +230,12 @@ def _cross_benchmark_figures(
         steps = sorted(importance["step"].unique())
         where = f"step {steps[0]}" if len(steps) == 1 else "each run's last step with scores"
         ax = plot_importance(importance, title=f"Module importance scores at {where}")
-        written += save_figure(ax.figure, out_dir, "importance_by_block", dpi)
-        index.entries.append((
-            "importance_by_block", section,
+        index.add(
+            ax.figure, "importance_by_block", section,
             f"Distribution of the AdaLoRA importance scores of the modules of each block and benchmark at "
             f"{where} (the last before peft clears them), on a log scale, every seed's modules pooled, the "
             "structural text FFN drawn apart as crosses.",
-        ))
+        )
 
     one_seed = records.groupby("benchmark")["seed"].nunique().max() < 2
     if one_seed:
@@ -257,15 +254,13 @@ def _cross_benchmark_figures(
             title=f"Final block shares, {normalize} normalisation ({ci_text})",
         )
         stem = f"block_share_ci_{normalize}"
-        written += save_figure(ax.figure, out_dir, stem, dpi)
-        index.entries.append((
-            stem, section,
+        index.add(
+            ax.figure, stem, section,
             f"Each block's final {_NORMALIZATION_TEXT[normalize]} per benchmark, mean over seeds with "
             + ("each seed as a dot (one seed: no confidence interval can be drawn)" if one_seed else
                "a 95% seed-bootstrap confidence interval and each seed as a dot")
             + ", the structural text FFN left out.",
-        ))
-    return written
+        )
 
 
 def _plural(n: int, word: str) -> str:
