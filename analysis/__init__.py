@@ -3,7 +3,7 @@
 Nothing here imports torch or peft.
 """
 
-from .load import RecordError, find_runs, load_metrics, load_runs, read_run
+from .load import STRING_COLUMNS, RecordError, find_runs, load_metrics, load_runs, read_run
 from .metrics import (
     allocation_correlation,
     allocation_entropy,
@@ -39,6 +39,17 @@ from .tables import (
     trajectory_data,
 )
 
+
+def __getattr__(name: str):
+    """``write_synthetic_runs`` is imported on first use: only tests and benchmarks need it, and
+    ``python -m analysis.synthetic_records`` must not find it imported already."""
+    if name == "write_synthetic_runs":
+        from .synthetic_records import write_synthetic_runs
+
+        return write_synthetic_runs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "block_share_ci_data",
     "budget_schedule_data",
@@ -71,6 +82,7 @@ __all__ = [
     "RECORD_SCHEMA",
     "RecordError",
     "SCHEMA_VERSION",
+    "STRING_COLUMNS",
     "SUBLAYER_COLUMNS",
     "find_runs",
     "last_recorded_step",
@@ -78,4 +90,5 @@ __all__ = [
     "load_runs",
     "rank_heatmap_data",
     "read_run",
+    "write_synthetic_runs",
 ]

@@ -72,6 +72,12 @@ def select_step(records: pd.DataFrame, step: StepSelector = "final") -> pd.DataF
     return records[at_step]
 
 
+def _structural_mask(records: pd.DataFrame, last_layer: int | None = None) -> pd.Series:
+    """True on the text FFN of the last layer (``last_layer``, default: each run's deepest recorded one)."""
+    deepest = records.groupby("run")["layer"].transform("max") if last_layer is None else last_layer
+    return ((records["block"] == "ffn_text") & (records["layer"] == deepest)).astype(bool)
+
+
 def mark_structural(records: pd.DataFrame, last_layer: int | None = None) -> pd.DataFrame:
     """Add a bool column ``structural``: True for the text FFN (``ffn_text``) of the last Q-Former layer.
 
@@ -80,9 +86,7 @@ def mark_structural(records: pd.DataFrame, last_layer: int | None = None) -> pd.
     ``last_layer`` defaults to each run's deepest recorded layer; pass the model's last layer when the
     placement left the deepest layers out. Metrics here use an existing ``structural`` column as is.
     """
-    deepest = records.groupby("run")["layer"].transform("max") if last_layer is None else last_layer
-    structural = (records["block"] == "ffn_text") & (records["layer"] == deepest)
-    return records.assign(structural=structural.astype(bool))
+    return records.assign(structural=_structural_mask(records, last_layer))
 
 
 def _comparable(records: pd.DataFrame, include_structural: bool) -> pd.DataFrame:
@@ -91,11 +95,23 @@ def _comparable(records: pd.DataFrame, include_structural: bool) -> pd.DataFrame
     return marked if include_structural else marked[~marked["structural"]]
 
 
+def _sort_key(column: pd.Series) -> pd.Series:
+    """What :func:`_sorted` orders a column by: its values (a categorical's values, not its category
+    order), blocks in grammar order with unknown blocks after them, alphabetically."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = pd.Series(column.cat.categories, name=column.name)
+        category_key = _sort_key(categories).rank(method="dense").to_numpy()
+        codes = column.cat.codes.to_numpy()
+        return pd.Series(np.where(codes >= 0, category_key[codes], np.nan), index=column.index)
+    if column.name == "block":
+        unknown = sorted(set(column.dropna()) - set(_BLOCK_ORDER))
+        return column.map(_BLOCK_ORDER | {block: len(_BLOCK_ORDER) + i for i, block in enumerate(unknown)})
+    return column
+
+
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``frame`` sorted by ``keys``, blocks in grammar order (self_attn, cross_attn, ffn_query, ffn_text)."""
-    return frame.sort_values(
-        keys, key=lambda col: col.map(_BLOCK_ORDER) if col.name == "block" else col
-    ).reset_index(drop=True)
+    return frame.sort_values(keys, key=_sort_key).reset_index(drop=True)
 
 
 def _in_grammar_order(present: Iterable[str], order: tuple[str, ...]) -> list[str]:
@@ -104,33 +120,75 @@ def _in_grammar_order(present: Iterable[str], order: tuple[str, ...]) -> list[st
     return [v for v in order if v in values] + sorted(values - set(order))
 
 
+def _group_ids(keys: list[pd.Series | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Group number of each row over the key columns (no missing values), numbered in order of first
+    appearance, and the first row of each group: what ``groupby`` computes, without its per-call cost."""
+    ids = np.zeros(len(keys[0]), dtype=np.int64)
+    n_groups = 1
+    for key in keys:
+        if isinstance(key, pd.Series) and isinstance(key.dtype, pd.CategoricalDtype):
+            codes, n_values = key.cat.codes.to_numpy(dtype=np.int64), len(key.cat.categories)
+        else:
+            codes, uniques = pd.factorize(key)
+            n_values = len(uniques)
+        if n_groups * n_values >= 2**62:  # renumber densely before the combined number could overflow
+            ids, uniques = pd.factorize(ids)
+            n_groups = len(uniques)
+        ids = ids * n_values + codes
+        n_groups *= n_values
+    ids, _ = pd.factorize(ids)
+    # Numbered by first appearance: a row starts a group exactly where the running maximum grows.
+    running_max = np.maximum.accumulate(ids)
+    first_rows = np.flatnonzero(np.diff(running_max, prepend=-1) > 0)
+    return ids, first_rows
+
+
 # --- shares of the budget ---
 
 
 def _unit_totals(
     records: pd.DataFrame, unit: Unit, normalize: Normalization, include_structural: bool
 ) -> pd.DataFrame:
-    """Per run, step and unit: kept rank, module count and share of the budget (see :func:`block_share`)."""
+    """Per run, step and unit: kept rank, module count and share of the budget (see :func:`block_share`).
+
+    Grouped with integer group numbers and ``np.bincount`` rather than ``groupby``: this runs on
+    millions of rows (every recorded step of every run) for trajectories.
+    """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
     if unit not in _UNIT_KEYS:
         raise ValueError(f"unit must be one of {tuple(_UNIT_KEYS)}; got {unit!r}")
     unit_keys = list(_UNIT_KEYS[unit])
-    rows = _comparable(records, include_structural).dropna(subset=unit_keys)
-    rank = rows["rank"].astype("float64")
-    width = rows["in_features"].astype("int64") + rows["out_features"].astype("int64") + 1
-    amount = rank * width if normalize == "parameter" else rank
-    grouped = rows.assign(rank=rank, amount=amount).groupby([*_STEP_KEYS, *unit_keys])
-    totals = grouped.agg(
-        rank=("rank", "sum"),
-        n_modules=("rank", "size"),
-        amount=("amount", "mean" if normalize == "module" else "sum"),
-    )
-    totals["share"] = totals["amount"] / totals.groupby(level=_STEP_KEYS)["amount"].transform("sum")
-    out = totals.drop(columns="amount").reset_index()
+    keys = [*_STEP_KEYS, *unit_keys]
+    keep = records[keys].notna().all(axis=1)  # groupby leaves out rows with a missing key
+    if not include_structural:
+        structural = records["structural"] if "structural" in records.columns else _structural_mask(records)
+        keep &= ~structural.astype(bool)
+    values = ["rank", "in_features", "out_features"] if normalize == "parameter" else ["rank"]
+    rows = records.loc[keep.to_numpy(), keys + values]
+    step_ids, _ = _group_ids([rows[k] for k in _STEP_KEYS])
+    unit_ids, first_rows = _group_ids([step_ids, *(rows[k] for k in unit_keys)])
+    rank = rows["rank"].to_numpy(dtype="float64")
+    amount = rank
+    if normalize == "parameter":
+        width = rows["in_features"].to_numpy(dtype="int64") + rows["out_features"].to_numpy(dtype="int64") + 1
+        amount = rank * width
+    n_units = len(first_rows)
+    n_modules = np.bincount(unit_ids, minlength=n_units)
+    unit_amount = np.bincount(unit_ids, weights=amount, minlength=n_units)
+    if normalize == "module":
+        unit_amount = unit_amount / n_modules
+    step_of_unit = step_ids[first_rows]
+    step_amount = np.bincount(step_of_unit, weights=unit_amount)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no rank kept at a step: NaN shares, as 0 / 0
+        share = unit_amount / step_amount[step_of_unit]
+    out = rows.iloc[first_rows][keys].reset_index(drop=True)
+    out["rank"] = np.bincount(unit_ids, weights=rank, minlength=n_units)
+    out["n_modules"] = n_modules.astype("int64")
+    out["share"] = share
     if "layer" in unit_keys:
         out["layer"] = out["layer"].astype("int64")
-    return _sorted(out, [*_STEP_KEYS, *unit_keys])
+    return _sorted(out, keys)
 
 
 def block_share(

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -93,3 +94,68 @@ def test_analysis_imports_neither_torch_nor_peft():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_columns_read_only_those_with_run_and_status(two_runs):
+    records = load_runs(two_runs, columns=["step", "block", "rank"])
+    assert list(records.columns) == ["run", "step", "block", "rank", "status"]
+    full = load_runs(two_runs)
+    pd.testing.assert_frame_equal(records, full[["run", "step", "block", "rank", "status"]])
+    with pytest.raises(ValueError, match=r"unknown record columns \['ranks'\]"):
+        load_runs(two_runs, columns=["step", "ranks"])
+
+
+def test_filters_keep_matching_rows(two_runs):
+    late = load_runs(two_runs, filters=[("step", ">", 1)])
+    assert set(late["step"]) == {10} and len(late) == len(MODULES)
+    either = load_runs(two_runs, columns=["seed"], filters=[[("benchmark", "==", "b")], [("step", "==", 10)]])
+    assert sorted(either.groupby("run")["seed"].first()) == [0, 1]
+    expression = load_runs(two_runs, filters=pc.field("benchmark") == "a")
+    assert set(expression["benchmark"]) == {"a"} and len(expression) == 2 * len(MODULES)
+    with pytest.raises(ValueError, match=r"filters on \['run'\]"):
+        load_runs(two_runs, filters=[("run", "==", "x")])
+
+
+def test_categorical_labels_hold_the_same_values(two_runs):
+    records = load_runs(two_runs, categorical=True)
+    plain = load_runs(two_runs)
+    for name in ("run", "benchmark", "phase", "module", "sublayer", "block", "proj", "status"):
+        assert isinstance(records[name].dtype, pd.CategoricalDtype), name
+        assert list(records[name].cat.categories) == sorted(plain[name].unique()), name
+        assert (records[name].astype(str) == plain[name]).all(), name
+
+
+def test_live_run_reads_with_columns_and_filters(tmp_path):
+    # A live run as a killed recorder leaves it: one part file per step, run.json still "running".
+    write_fake_run(tmp_path, [fake_record(0, kept_with_rank(4)), fake_record(9, kept_with_rank(1))])
+    table = pq.read_table(tmp_path / "records.parquet")
+    (tmp_path / "records").mkdir()
+    for i, step in enumerate((1, 10)):
+        pq.write_table(table.filter(pc.field("step") == step), tmp_path / "records" / f"part-{i:06d}.parquet")
+    (tmp_path / "records.parquet").unlink()
+    meta = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps(meta | {"status": "running"}))
+    records = load_runs(tmp_path, columns=["step", "rank"], filters=[("step", "==", 10)], categorical=True)
+    assert len(records) == len(MODULES) and records["rank"].eq(1).all()
+    assert list(records["status"].unique()) == ["running"]
+
+
+def test_errors_name_the_file_with_columns_and_filters(two_runs):
+    path = two_runs / "a" / "seed0" / "records.parquet"
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("rank"), "rank", pa.array(["many"] * table.num_rows))
+    _rewrite(path, table)
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: record columns have the wrong types"):
+        load_runs(two_runs, columns=["rank"], categorical=True)
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: not a readable .* with the filters"):
+        load_runs(two_runs, columns=["step"], filters=[("rank", ">", 1)])
+    _rewrite(path, table.drop_columns(["threshold"]))
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: missing record columns \['threshold'\]"):
+        load_runs(two_runs, columns=["step"])  # refused even though the missing column is not asked for
+
+
+def test_newer_record_file_names_file(two_runs):
+    path = two_runs / "a" / "seed0" / "records.parquet"
+    _rewrite(path, pq.read_table(path).replace_schema_metadata({"qformer_budget.schema_version": "2"}))
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: schema_version 2, this qformer-budget reads version 1"):
+        load_runs(two_runs, columns=["step"])
