@@ -2,7 +2,10 @@
 
 A sweep is the grid benchmarks x methods x seeds; every method entry may give lists for
 ``placement`` and ``rank`` (or ``init_r``/``target_r``), which expand into one method each.
-Relative paths are taken from the current folder, as on the command line. See
+Relative paths are taken from the current folder, as on the command line. Input paths
+(``data.root``, ``model.path``) may point anywhere; every run folder stays inside ``sweep.out``:
+names that become folder names (benchmarks, method tags built from ``placement``) cannot be
+``..``, absolute or contain a path separator. See
 ``runner/configs/*.toml`` for complete examples::
 
     [sweep]
@@ -51,6 +54,16 @@ METHOD_NAMES = ("adalora", "lora")
 
 class ConfigError(ValueError):
     """A config file that cannot be run; the message names the file and the key at fault."""
+
+
+def _check_folder_name(name: str, what: str) -> None:
+    """Refuse ``name`` as one folder of a run path if it could lead outside the output folder."""
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    if name in ("", ".", "..") or "\0" in name or any(s in name for s in separators) or Path(name).is_absolute():
+        raise ValueError(
+            f"{what} {name!r}, which cannot name a run folder: it must not be empty, '.' or '..', "
+            "absolute, or contain a path separator, so that every run stays inside [sweep].out"
+        )
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,7 @@ class MethodSpec:
                 "need 0 <= warmup_fraction, 0 < final_fraction and warmup_fraction + final_fraction < 1, got "
                 f"{self.warmup_fraction} and {self.final_fraction}"
             )
+        _check_folder_name(self.tag, f"placement {self.placement!r} gives the method tag")
 
     @property
     def tag(self) -> str:
@@ -194,15 +208,30 @@ class SweepConfig:
         return dataclasses.replace(self, sweep=dataclasses.replace(self.sweep, seeds=list(seeds)))
 
     def runs(self) -> list[RunSpec]:
-        """Every run of the grid, benchmark-major, then method, then seed."""
+        """Every run of the grid, benchmark-major, then method, then seed; each run folder is inside ``out``."""
         data = dataclasses.replace(self.data, root=str(self.data_root))
         model = self.model
         if model.path is not None:
             model = dataclasses.replace(model, path=str(Path(model.path).resolve()))
-        return [
+        specs = [
             RunSpec(benchmark, seed, method, model, data, self.training, self.out)
             for benchmark, method, seed in itertools.product(self.sweep.benchmarks, self.methods, self.sweep.seeds)
         ]
+        for spec in specs:
+            self._check_inside_out(spec)
+        return specs
+
+    def _check_inside_out(self, spec: RunSpec) -> None:
+        """Refuse a run folder that would lie outside ``out`` once its ``..`` parts are applied.
+
+        The check is on the path as written: symlinks the user put inside ``out`` are theirs to follow.
+        """
+        run_dir = Path(os.path.normpath(spec.run_dir))
+        if not run_dir.is_relative_to(self.out):
+            raise ConfigError(
+                f"{self.source.name}: the run folder of benchmark {spec.benchmark!r}, method {spec.method.tag!r}, "
+                f"seed {spec.seed} would be {run_dir}, outside [sweep].out {self.out}"
+            )
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -273,7 +302,7 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
     if "sweep" not in document:
         raise ConfigError(f"{source}: missing [sweep] section")
     name = source.name
-    return SweepConfig(
+    config = SweepConfig(
         source=source,
         sweep=_build(SweepSection, document["sweep"], f"{name} [sweep]"),
         model=_build(ModelSection, document.get("model", {}), f"{name} [model]"),
@@ -281,3 +310,5 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
         training=_build(TrainingSection, document.get("training", {}), f"{name} [training]"),
         methods=_expand_methods(document.get("methods"), f"{name} [[methods]]"),
     )
+    config.runs()  # refuses run folders outside [sweep].out
+    return config
