@@ -3,7 +3,7 @@
 Nothing here imports torch or peft.
 """
 
-from .load import STRING_COLUMNS, RecordError, find_runs, load_metrics, load_runs, read_run
+from .load import STRING_COLUMNS, RecordError, RecordWarning, find_runs, load_metrics, load_runs, read_run
 from .metrics import (
     allocation_correlation,
     allocation_entropy,
@@ -81,6 +81,7 @@ __all__ = [
     "COLUMNS",
     "RECORD_SCHEMA",
     "RecordError",
+    "RecordWarning",
     "SCHEMA_VERSION",
     "STRING_COLUMNS",
     "SUBLAYER_COLUMNS",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,12 @@ import pyarrow.parquet as pq
 from .schema import (
     COLUMN_NAMES,
     COLUMNS,
+    COMPACTED_PARTS_KEY,
     RECORD_SCHEMA,
     RECORDS_FILE,
     RECORDS_PARTS_DIR,
+    RESUMES_APPLIED_KEY,
+    RESUMES_FIELD,
     RUN_META_FILE,
     SCHEMA_VERSION,
 )
@@ -27,6 +32,10 @@ from .schema import (
 
 class RecordError(ValueError):
     """A run folder or record file that cannot be read as budget records; the message names the file."""
+
+
+class RecordWarning(UserWarning):
+    """Records were read from a run that did not close; the message says what is missing or was dropped."""
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
@@ -133,13 +142,78 @@ def _read_record_file(
         raise RecordError(f"{path}: record columns have the wrong types ({exc})") from exc
 
 
-def record_files(run_dir: Path) -> list[Path]:
-    """The record files of a run: the compacted file of a closed run, else the parts of a live one."""
+@dataclass(frozen=True)
+class RecordFile:
+    """A record file of a run; rows from ``superseded_from`` on were replaced by a resumed session."""
+
+    path: Path
+    part: int | None  # None for the compacted file
+    superseded_from: int | None  # a global_step, or None when every row counts
+
+
+def _resumes(meta: dict, meta_file: Path) -> list[dict[str, int]]:
+    resumes = meta.get(RESUMES_FIELD, [])
+    valid = isinstance(resumes, list) and all(
+        isinstance(r, dict) and isinstance(r.get("global_step"), int) and isinstance(r.get("first_part"), int)
+        for r in resumes
+    )
+    if not valid:
+        raise RecordError(f"{meta_file}: field {RESUMES_FIELD!r} must be a list of {{global_step, first_part}} integers")
+    return resumes
+
+
+def _earliest(resumes: list[dict[str, int]]) -> int | None:
+    return min((r["global_step"] for r in resumes), default=None)
+
+
+def _part_index(part: Path) -> int:
+    try:
+        return int(part.name.removeprefix("part-").removesuffix(".parquet"))
+    except ValueError:
+        raise RecordError(f"{part}: not a record part (parts are named part-<number>.parquet)") from None
+
+
+def record_files(run_dir: Path, meta: dict) -> list[RecordFile]:
+    """The record files of a run, in order: the compacted file of a closed run, then any parts not in it."""
+    resumes = _resumes(meta, run_dir / RUN_META_FILE)
+    files, first_part = [], 0
     compacted = run_dir / RECORDS_FILE
     if compacted.is_file():
-        return [compacted]
+        try:
+            metadata = pq.read_schema(compacted).metadata or {}
+            first_part = int(metadata.get(COMPACTED_PARTS_KEY, 0))
+            applied = int(metadata.get(RESUMES_APPLIED_KEY, 0))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise RecordError(f"{compacted}: not a readable Parquet record file ({exc})") from exc
+        files.append(RecordFile(compacted, None, _earliest(resumes[applied:])))
     parts_dir = run_dir / RECORDS_PARTS_DIR
-    return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+    parts = sorted(parts_dir.glob("part-*.parquet"), key=lambda p: (_part_index(p), p.name)) if parts_dir.is_dir() else []
+    for part in parts:
+        index = _part_index(part)
+        if index >= first_part:  # lower parts are already in the compacted file
+            files.append(RecordFile(part, index, _earliest([r for r in resumes if index < r["first_part"]])))
+    return files
+
+
+def _with_cutoff(filters: Filters | None, superseded_from: int | None) -> Filters | None:
+    if superseded_from is None:
+        return filters
+    cutoff = pc.field("global_step") < superseded_from
+    if filters is None:
+        return cutoff
+    return (filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters)) & cutoff
+
+
+def read_record_table(run_dir: Path, meta: dict) -> pa.Table:
+    """Every current row of a run's record files in ``RECORD_SCHEMA``, superseded rows left out.
+
+    Strict: any damaged file raises. The writer compacts a run with it.
+    """
+    tables = [
+        _read_record_file(f.path, list(COLUMN_NAMES), _with_cutoff(None, f.superseded_from))
+        for f in record_files(run_dir, meta)
+    ]
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
 def _constant_labels(value: str, n_rows: int) -> pa.DictionaryArray:
@@ -152,10 +226,38 @@ def _read_run_table(
 ) -> pa.Table:
     """One run's records as Arrow, with ``run`` first and ``status`` last (dictionary-encoded)."""
     meta = read_run_meta(run_dir)
-    tables = [_read_record_file(p, columns, filters, categorical) for p in record_files(run_dir)]
+    files = record_files(run_dir, meta)
+    unclosed = meta.get("status") == "running"
+    tables, dropped = [], []
+    for record_file in files:
+        try:
+            tables.append(
+                _read_record_file(record_file.path, columns, _with_cutoff(filters, record_file.superseded_from), categorical)
+            )
+        except RecordError as exc:
+            # A live run's newest part is the one a copy or a failing disk may have cut short; anything
+            # else damaged is an error, never a silent gap.
+            if not (unclosed and record_file is files[-1] and record_file.part is not None):
+                raise
+            dropped.append(f"{record_file.path.name} (unreadable: {exc.__cause__ or exc})")
     table = pa.concat_tables(tables) if tables else _read_schema(columns, categorical).empty_table()
+    if unclosed:
+        parts_dir = run_dir / RECORDS_PARTS_DIR
+        dropped += [f"{p.name} (being written when the process stopped)" for p in sorted(parts_dir.glob(".part-*"))]
+        _warn_unclosed(run_dir, table, dropped)
     table = table.add_column(0, "run", _constant_labels(str(run_dir), table.num_rows))
     return table.append_column("status", _constant_labels(str(meta.get("status", "unknown")), table.num_rows))
+
+
+def _warn_unclosed(run_dir: Path, table: pa.Table, dropped: list[str]) -> None:
+    last = f", the last at step {pc.max(table['step']).as_py()}" if "step" in table.column_names and table.num_rows else ""
+    message = (
+        f"{run_dir}: the run did not close (run.json says status 'running': it is still training, or its process "
+        f"was killed); read {table.num_rows} record rows{last}"
+    )
+    if dropped:
+        message += "; dropped " + ", ".join(dropped)
+    warnings.warn(message, RecordWarning, stacklevel=4)
 
 
 def _to_pandas(table: pa.Table, categorical: bool) -> pd.DataFrame:

@@ -16,6 +16,14 @@ RUN_META_FILE = "run.json"
 RECORDS_FILE = "records.parquet"
 RECORDS_PARTS_DIR = "records"
 
+# Resumed runs. run.json lists each resume as {"global_step": G, "first_part": K}: rows of global_step >= G
+# in parts numbered below K (and in a compacted file written before the resume) were recorded by the
+# interrupted session after its checkpoint and are superseded. A compacted file says in its Parquet
+# metadata how many parts it absorbed and how many resumes were already applied to it.
+RESUMES_FIELD = "resumes"
+COMPACTED_PARTS_KEY = b"qformer_budget.compacted_parts"
+RESUMES_APPLIED_KEY = b"qformer_budget.resumes_applied"
+
 PHASES = ("warmup", "budgeting", "final")
 
 # (column, type, meaning): the meaning column is the documentation of the schema.

@@ -15,6 +15,8 @@ _EXPORTS = {
     "find_adalora_model": "setup",
     "save_adapter": "setup",
     "load_adapter": "setup",
+    "FastRankAllocator": "fast_allocator",
+    "use_fast_allocator": "fast_allocator",
     "BudgetRecorder": "recorder",
     "is_main_process": "recorder",
     "triplet_scores": "recorder",

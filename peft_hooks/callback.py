@@ -9,11 +9,14 @@ index of the optimizer step just taken.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .recorder import BudgetRecorder
+from .resume import BUDGET_STATE_FILE, load_budget_state, save_budget_state, untrimmed_adapter_saves
 from .setup import find_adalora_model
 from .sinks import RecordSink
 
@@ -22,7 +25,9 @@ class AdaLoraBudgetCallback(TrainerCallback):
     """Drives AdaLoRA's allocation inside ``Trainer`` and records it.
 
     Records go to ``run_dir`` (default: the Trainer's ``output_dir``); ``seed`` defaults to
-    ``args.seed``. Call :meth:`close` with ``"failed"`` if ``train()`` raises.
+    ``args.seed``. ``fast_allocator=True`` swaps peft's rank allocator for the faster, equivalent
+    :class:`~peft_hooks.fast_allocator.FastRankAllocator`. Call :meth:`close` with ``"failed"`` if
+    ``train()`` raises.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class AdaLoraBudgetCallback(TrainerCallback):
         record_every: int | None = None,
         sinks: list[RecordSink] | None = None,
         meta: dict[str, Any] | None = None,
+        fast_allocator: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.benchmark = benchmark
@@ -41,7 +47,9 @@ class AdaLoraBudgetCallback(TrainerCallback):
         self.record_every = record_every
         self.sinks = sinks
         self.meta = meta
+        self.fast_allocator = fast_allocator
         self.recorder: BudgetRecorder | None = None
+        self._untrimmed = None  # the untrimmed_adapter_saves context while a checkpoint is being saved
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         adalora = find_adalora_model(model)
@@ -52,6 +60,15 @@ class AdaLoraBudgetCallback(TrainerCallback):
                 f"({state.max_steps}): the budget schedule would end at the wrong step. Build the setup with "
                 "total_step=TrainingPlan(...).total_optimizer_steps or set TrainingArguments.max_steps"
             )
+        resume_from_step = None
+        if state.global_step > 0:  # train(resume_from_checkpoint=...) restored the Trainer's state
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            resume_from_step = load_budget_state(model, checkpoint)
+            if resume_from_step != state.global_step:
+                raise ValueError(
+                    f"{checkpoint / BUDGET_STATE_FILE}: saved at step {resume_from_step}, the Trainer resumes at "
+                    f"step {state.global_step}"
+                )
         self.recorder = BudgetRecorder(
             self.run_dir if self.run_dir is not None else args.output_dir,
             benchmark=self.benchmark,
@@ -59,10 +76,36 @@ class AdaLoraBudgetCallback(TrainerCallback):
             record_every=self.record_every,
             sinks=self.sinks,
             meta=self.meta,
+            fast_allocator=self.fast_allocator,
+            resume_from_step=resume_from_step,
         )
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._untrimmed is not None:  # a save that never came: peft's final phase needs the pattern back
+            self._untrimmed.__exit__(None, None, None)
+            self._untrimmed = None
         self.recorder.step(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._prepare_checkpoint(control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._prepare_checkpoint(control, model)
+
+    def _prepare_checkpoint(self, control, model) -> None:
+        """A checkpoint is about to be saved: make peft save the untrimmed adapter, which resumes."""
+        if control.should_save and self._untrimmed is None:
+            self._untrimmed = untrimmed_adapter_saves(model)
+            self._untrimmed.__enter__()
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Beside the Trainer's checkpoint, save what AdaLoRA needs to resume exactly (``peft_hooks.resume``)."""
+        if self._untrimmed is not None:
+            self._untrimmed.__exit__(None, None, None)
+            self._untrimmed = None
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if args.should_save and checkpoint.is_dir():
+            save_budget_state(model, checkpoint, state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close("finished")

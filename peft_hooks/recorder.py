@@ -4,10 +4,15 @@
 ``model.base_model.update_and_allocate(global_step)``: call it after ``optimizer.step()`` and
 before ``optimizer.zero_grad()``, once per optimizer step, with 0-based steps.
 
-Scores are read from peft's own rank allocator with peft's own element and triplet functions,
-so they are the numbers peft masks with. At the final mask step (``total_step - tfinal``) peft
-masks with the averages it already holds and then clears them, so they are read before the
-call there and after the call everywhere else.
+Scores are read from peft's own rank allocator with peft's element and triplet formulas, in the
+same rounding order, so they are bit for bit the numbers peft masks with. At the final mask step
+(``total_step - tfinal``) peft masks with the averages it already holds and then clears them, so
+they are read before the call there and after the call everywhere else.
+
+On the training thread a recorded step costs one vectorised score computation and a few small
+copies; turning the step into table rows and writing them happens in the sinks' own threads.
+``fast_allocator=True`` also swaps peft's allocator for :class:`FastRankAllocator` (same masks,
+several times faster).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from peft.tuners.adalora.layer import AdaLoraLayer
 
 from analysis.schema import SCHEMA_VERSION
 
+from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
 from .records import ModuleInfo, StepRecord
 from .sinks import ParquetSink, RecordSink
 from .setup import find_adalora_model
@@ -55,21 +61,14 @@ def adapted_modules(adalora: AdaLoraModel, adapter: str) -> tuple[ModuleInfo, ..
 
 
 def triplet_scores(adalora: AdaLoraModel, modules: tuple[ModuleInfo, ...], adapter: str) -> torch.Tensor | None:
-    """AdaLoRA's triplet score of every direction, ``(n_modules, init_r)``, as peft computes it for masking.
+    """AdaLoRA's triplet score of every direction, ``(n_modules, init_r)``, as the allocator computes it for masking.
 
-    None when peft holds no importance averages (before the first update, after they are cleared).
+    None when the allocator holds no importance averages (before the first update, after they are cleared).
     """
     allocator = adalora.rankallocator
-    if not allocator.exp_avg_ipt:
-        return None
-    rows = []
-    for info in modules:
-        key = f"{info.module}.%s.{adapter}"
-        comb_a = torch.mean(allocator._element_score(key % "lora_A"), dim=1, keepdim=True)
-        comb_b = torch.mean(allocator._element_score(key % "lora_B"), dim=0, keepdim=False).view(-1, 1)
-        ipt_e = allocator._element_score(key % "lora_E")
-        rows.append(allocator._combine_ipt(ipt_e, torch.cat([comb_a, comb_b], dim=1)))
-    return torch.stack(rows)
+    if isinstance(allocator, FastRankAllocator):
+        return allocator.triplet_scores(modules)
+    return DictTripletScores(modules, adapter, adalora.peft_config[adapter].init_r)(allocator)
 
 
 def _kept_directions(
@@ -109,28 +108,41 @@ class BudgetRecorder:
         record_every: int | None = None,
         sinks: list[RecordSink] | None = None,
         meta: dict[str, Any] | None = None,
+        fast_allocator: bool = False,
+        resume_from_step: int | None = None,
     ) -> None:
+        """``fast_allocator``: swap peft's rank allocator for :class:`FastRankAllocator` at the first step.
+        ``resume_from_step``: the 0-based step a resumed run continues at (see ``peft_hooks.resume``);
+        the records continue in ``run_dir`` and the stopped session's rows from that step on are superseded.
+        """
         if record_every is not None and record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         self.benchmark = benchmark
         self.seed = int(seed)
         self.record_every = record_every
         self.meta = dict(meta or {})
+        self.fast_allocator = fast_allocator
+        self.resume_from_step = resume_from_step
         self.sinks: list[RecordSink] = []
         if is_main_process():
             if run_dir is not None:
                 self.sinks.append(ParquetSink(run_dir))
             self.sinks.extend(sinks or [])
         self._modules: tuple[ModuleInfo, ...] | None = None
-        self._last_step: int | None = None
+        self._dict_scores: DictTripletScores | None = None
+        self._kept_for: tuple[dict[str, Any] | None, np.ndarray] | None = None
+        self._last_step: int | None = None if resume_from_step is None else resume_from_step - 1
         self._closed = False
 
     def _start(self, adalora: AdaLoraModel) -> None:
+        if self.fast_allocator:
+            use_fast_allocator(adalora)
         adapter = adalora.trainable_adapter_name
         self._modules = adapted_modules(adalora, adapter)
         # The parameters peft's update_ipt reads gradients from, with its own name filter.
         self._lora_params = [(n, p) for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n]
         config = adalora.peft_config[adapter]
+        self._dict_scores = DictTripletScores(self._modules, adapter, config.init_r)
         if self.record_every is None:
             self.record_every = config.deltaT
         meta = {
@@ -144,10 +156,14 @@ class BudgetRecorder:
             }
             | {"total_step": config.total_step, "target_modules": str(config.target_modules)},
             "modules": [m.module for m in self._modules],
+            "allocator": type(adalora.rankallocator).__name__,
             "versions": package_versions(),
         } | self.meta
         for sink in self.sinks:
-            sink.start(meta)
+            if self.resume_from_step is None:
+                sink.start(meta)
+            else:
+                sink.resume(meta, self.resume_from_step)
 
     def step(self, model: torch.nn.Module, global_step: int) -> StepRecord | None:
         """Run peft's ``update_and_allocate(global_step)`` and record the step if it is due."""
@@ -173,17 +189,32 @@ class BudgetRecorder:
             or global_step == config.total_step - 1
             or (global_step < final_mask_step and adalora.rankallocator.budget_schedule(global_step)[1])
         )
-        scores = triplet_scores(adalora, self._modules, adapter) if due and global_step == final_mask_step else None
+        scores = self._triplet_scores(adalora) if due and global_step == final_mask_step else None
         adalora.update_and_allocate(global_step)
         self._last_step = global_step
         if not due:
             return None
         if global_step < final_mask_step:
-            scores = triplet_scores(adalora, self._modules, adapter)
+            scores = self._triplet_scores(adalora)
         record = self._make_record(adalora, config, global_step, scores)
         for sink in self.sinks:
             sink.write(record)
         return record
+
+    def _triplet_scores(self, adalora: AdaLoraModel) -> torch.Tensor | None:
+        """:func:`triplet_scores`, reusing this recorder's layout and buffer for peft's own allocator."""
+        allocator = adalora.rankallocator
+        if isinstance(allocator, FastRankAllocator):
+            return allocator.triplet_scores(self._modules)
+        return self._dict_scores(allocator)
+
+    def _kept_directions(self, rank_pattern: dict[str, Any] | None, adapter: str, init_r: int) -> np.ndarray:
+        """:func:`_kept_directions`, computed again only when peft assigned a new rank_pattern (it does on mask steps)."""
+        if self._kept_for is None or self._kept_for[0] is not rank_pattern:
+            kept = _kept_directions(rank_pattern, self._modules, adapter, init_r)
+            kept.flags.writeable = False  # shared by the records of every step until the next mask
+            self._kept_for = (rank_pattern, kept)
+        return self._kept_for[1]
 
     def _make_record(self, adalora: AdaLoraModel, config, global_step: int, scores: torch.Tensor | None) -> StepRecord:
         allocator = adalora.rankallocator
@@ -209,7 +240,7 @@ class BudgetRecorder:
             threshold=threshold,
             init_r=config.init_r,
             modules=self._modules,
-            direction_kept=_kept_directions(config.rank_pattern, self._modules, adalora.trainable_adapter_name, config.init_r),
+            direction_kept=self._kept_directions(config.rank_pattern, adalora.trainable_adapter_name, config.init_r),
             direction_scores=None if scores is None else scores.detach().to("cpu", torch.float32).numpy(),
         )
 

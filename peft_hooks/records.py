@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -64,18 +65,13 @@ class StepRecord:
     def to_table(self) -> pa.Table:
         """The tidy rows of this step: one per module, in ``RECORD_SCHEMA``."""
         n = len(self.modules)
-        subs = [m.sublayer for m in self.modules]
         r = self.init_r
-        kept = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, (n + 1) * r, r, dtype=np.int32)), pa.array(self.direction_kept.reshape(-1))
-        )
+        offsets = _list_offsets(n, r)
+        kept = pa.ListArray.from_arrays(offsets, pa.array(self.direction_kept.reshape(-1)))
         if self.direction_scores is None:
             dir_scores = pa.nulls(n, pa.list_(pa.float32()))
         else:
-            dir_scores = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, (n + 1) * r, r, dtype=np.int32)),
-                pa.array(self.direction_scores.reshape(-1).astype(np.float32)),
-            )
+            dir_scores = pa.ListArray.from_arrays(offsets, pa.array(self.direction_scores.reshape(-1).astype(np.float32)))
         columns = {
             "schema_version": pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int16)),
             "benchmark": pa.array([self.benchmark] * n, pa.string()),
@@ -84,13 +80,7 @@ class StepRecord:
             "global_step": pa.array(np.full(n, self.global_step, dtype=np.int64)),
             "phase": pa.array([self.phase] * n, pa.string()),
             "mask_step": pa.array(np.full(n, self.mask_step, dtype=bool)),
-            "module": pa.array([m.module for m in self.modules], pa.string()),
-            "sublayer": pa.array([m.label for m in self.modules], pa.string()),
-            "layer": pa.array([s.layer if s else None for s in subs], pa.int16()),
-            "block": pa.array([s.block if s else "other" for s in subs], pa.string()),
-            "proj": pa.array([s.proj if s else m.module.rsplit(".", 1)[-1] for s, m in zip(subs, self.modules)]),
-            "in_features": pa.array([m.in_features for m in self.modules], pa.int32()),
-            "out_features": pa.array([m.out_features for m in self.modules], pa.int32()),
+            **_module_columns(self.modules),
             "init_r": pa.array(np.full(n, r, dtype=np.int16)),
             "rank": pa.array(self.ranks.astype(np.int16)),
             "score": pa.array(self.scores),
@@ -100,3 +90,24 @@ class StepRecord:
             "threshold": pa.array(np.full(n, self.threshold, dtype=np.float64)),
         }
         return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+
+
+@lru_cache(maxsize=8)
+def _module_columns(modules: tuple[ModuleInfo, ...]) -> dict[str, pa.Array]:
+    """The columns that describe the modules: the same for every step of a run, so built once."""
+    subs = [m.sublayer for m in modules]
+    return {
+        "module": pa.array([m.module for m in modules], pa.string()),
+        "sublayer": pa.array([m.label for m in modules], pa.string()),
+        "layer": pa.array([s.layer if s else None for s in subs], pa.int16()),
+        "block": pa.array([s.block if s else "other" for s in subs], pa.string()),
+        "proj": pa.array([s.proj if s else m.module.rsplit(".", 1)[-1] for s, m in zip(subs, modules)]),
+        "in_features": pa.array([m.in_features for m in modules], pa.int32()),
+        "out_features": pa.array([m.out_features for m in modules], pa.int32()),
+    }
+
+
+@lru_cache(maxsize=8)
+def _list_offsets(n: int, r: int) -> pa.Array:
+    """Offsets of ``n`` lists of ``r`` items each, for the per-direction list columns."""
+    return pa.array(np.arange(0, (n + 1) * r, r, dtype=np.int32))

@@ -11,6 +11,9 @@ Flush policy of :class:`ParquetSink` (the run folder that ``analysis.load_runs``
 - ``close`` drains the queue, compacts the parts into one ``records.parquet`` (temporary file,
   fsync, rename; the parts are removed only after that) and marks the run ``finished`` or
   ``failed`` in ``run.json``.
+- ``resume`` (a run resumed from a checkpoint at step G) appends parts to the same folder and lists the
+  resume in ``run.json``; rows the stopped session recorded from G on stay on disk but are superseded
+  (readers and the compaction leave them out), so no step is ever read twice.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis.schema import RECORD_SCHEMA, RECORDS_FILE, RECORDS_PARTS_DIR, RUN_META_FILE
+from analysis.load import read_record_table, read_run_meta, record_files
+from analysis.schema import COMPACTED_PARTS_KEY, RECORD_SCHEMA, RECORDS_FILE, RECORDS_PARTS_DIR
+from analysis.schema import RESUMES_APPLIED_KEY, RESUMES_FIELD, RUN_META_FILE
 
 from .records import StepRecord
 
@@ -43,6 +49,10 @@ class RecordSink:
 
     def close(self, status: str) -> None:
         pass
+
+    def resume(self, meta: dict[str, Any], global_step: int) -> None:
+        """Continue a run resumed at ``global_step`` (0-based); by default simply start again."""
+        self.start(meta)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -86,13 +96,45 @@ class ParquetSink(RecordSink):
         if (self.run_dir / RECORDS_FILE).exists() or (self.parts_dir.exists() and any(self.parts_dir.iterdir())):
             raise FileExistsError(
                 f"{self.run_dir} already holds budget records; give each run its own folder "
-                "(or remove the old records) so that nothing recorded is overwritten"
+                "(or remove the old records) so that nothing recorded is overwritten; to continue a stopped run, "
+                "resume it (BudgetRecorder(..., resume_from_step=...), or the Trainer's resume_from_checkpoint)"
             )
         self.parts_dir.mkdir(exist_ok=True)
         self._meta = dict(meta, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._drain, name="qformer-budget-writer", daemon=True)
         self._thread.start()
+
+    # What must be equal between a run and the session that resumes it.
+    RESUME_MUST_MATCH = ("benchmark", "seed", "record_every", "adalora", "modules")
+
+    def resume(self, meta: dict[str, Any], global_step: int) -> None:
+        """Append to this run's records from ``global_step`` on; rows the stopped session recorded from
+        there on are superseded (kept on disk until compaction, never read)."""
+        meta_file = self.run_dir / RUN_META_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"cannot resume the records of {self.run_dir}: it holds no {RUN_META_FILE}")
+        previous = read_run_meta(self.run_dir)
+        for key in self.RESUME_MUST_MATCH:
+            now = json.loads(json.dumps(meta.get(key)))
+            if previous.get(key) != now:
+                raise ValueError(
+                    f"{meta_file}: {key} was {previous.get(key)!r}, the resumed run has {now!r}; "
+                    "resume into the run folder of the same run"
+                )
+        files = record_files(self.run_dir, previous)
+        compacted_parts = 0
+        if (self.run_dir / RECORDS_FILE).is_file():
+            compacted_parts = int(pq.read_schema(self.run_dir / RECORDS_FILE).metadata.get(COMPACTED_PARTS_KEY, 0))
+        self._parts_written = max([compacted_parts] + [f.part + 1 for f in files if f.part is not None])
+        resumes = previous.get(RESUMES_FIELD, []) + [{"global_step": int(global_step), "first_part": self._parts_written}]
+        self.parts_dir.mkdir(exist_ok=True)
+        self._meta = previous | meta | {"status": "running", RESUMES_FIELD: resumes}
+        write_json_atomic(meta_file, self._meta)
+        self._start_writer()
 
     def write(self, record: StepRecord) -> None:
         self._raise_writer_error()
@@ -132,14 +174,17 @@ class ParquetSink(RecordSink):
         self._thread.join()
         self._thread = None
         self._raise_writer_error()
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
-        if parts:
-            table = pa.concat_tables([pq.read_table(p, schema=RECORD_SCHEMA) for p in parts])
-            _write_parquet_atomic(table.replace_schema_metadata(RECORD_SCHEMA.metadata), self.run_dir / RECORDS_FILE)
+        table = read_record_table(self.run_dir, self._meta)
+        if table.num_rows:
+            metadata = RECORD_SCHEMA.metadata | {
+                COMPACTED_PARTS_KEY: str(self._parts_written).encode(),
+                RESUMES_APPLIED_KEY: str(len(self._meta.get(RESUMES_FIELD, []))).encode(),
+            }
+            _write_parquet_atomic(table.replace_schema_metadata(metadata), self.run_dir / RECORDS_FILE)
         shutil.rmtree(self.parts_dir)
         self._meta.update(
             status=status,
-            recorded_steps=self._steps_written,
+            recorded_steps=len(pc.unique(table["global_step"])),
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)

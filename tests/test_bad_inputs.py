@@ -347,9 +347,9 @@ CASES: tuple[BadInput, ...] = (
         r"the 1 steps written before are intact", holds_records=True,
     ),
     BadInput(
-        "records-csv-as-part", "a CSV file named records/part-00003.parquet in a live run",
-        damaged_run(write_file("records/part-00003.parquet", "step,rank\n1,4\n"), run=interrupted_run), RecordError,
-        r"damaged/records/part-00003\.parquet: not a readable Parquet record file",
+        "records-csv-as-part", "a CSV file named records/part-00000.parquet among a live run's parts (not its newest)",
+        damaged_run(write_file("records/part-00000.parquet", "step,rank\n1,4\n"), run=interrupted_run), RecordError,
+        r"damaged/records/part-00000\.parquet: not a readable Parquet record file",
     ),
     BadInput(
         "records-random-bytes", "records.parquet holding 256 random bytes",

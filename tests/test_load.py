@@ -1,6 +1,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import RecordError, load_runs
+from analysis import RecordError, RecordWarning, load_runs
 from fake_runs import fake_modules, fake_record, write_fake_run
 
 MODULES = fake_modules()
@@ -58,11 +60,45 @@ def test_wrong_column_type_names_file(two_runs):
         load_runs(two_runs)
 
 
-def test_corrupt_part_file_names_file(tmp_path):
-    write_fake_run(tmp_path, [fake_record(0, kept_with_rank(4))], close=False)
-    (tmp_path / "records" / "part-000007.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(RecordError, match=r"records/part-000007.parquet: not a readable Parquet record file"):
-        load_runs(tmp_path)
+def _live_run_with_two_parts(tmp_path) -> Path:
+    """An unclosed run whose records are in part-000000 (step 1) and part-000001 (step 6)."""
+    run = tmp_path / "run"
+    write_fake_run(run, [fake_record(0, kept_with_rank(4))], close=False)
+    write_fake_run(tmp_path / "later", [fake_record(5, kept_with_rank(3))], close=False)
+    for part in (run / "records" / "part-000000.parquet", tmp_path / "later" / "records" / "part-000000.parquet"):
+        deadline = time.monotonic() + 30
+        while not part.exists():  # the sink's writer thread renames it into place
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    (tmp_path / "later" / "records" / "part-000000.parquet").rename(run / "records" / "part-000001.parquet")
+    return run
+
+
+def test_corrupt_part_before_the_newest_names_file(tmp_path):
+    run = _live_run_with_two_parts(tmp_path)
+    (run / "records" / "part-000000.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(RecordError, match=r"records/part-000000.parquet: not a readable Parquet record file"):
+        load_runs(run)
+
+
+def test_truncated_newest_part_of_a_live_run_is_dropped_with_a_warning(tmp_path):
+    run = _live_run_with_two_parts(tmp_path)
+    newest = run / "records" / "part-000001.parquet"
+    newest.write_bytes(newest.read_bytes()[:-100])  # a copy cut short
+    (run / "records" / ".part-000002.parquet.tmp").write_bytes(b"half")
+    with pytest.warns(RecordWarning) as caught:
+        frame = load_runs(run)
+    rows = len(fake_modules())
+    message = str(caught[0].message)
+    assert "did not close" in message and f"read {rows} record rows, the last at step 1" in message
+    assert "part-000001.parquet (unreadable" in message and ".part-000002.parquet.tmp (being written" in message
+    assert frame["step"].tolist() == [1] * rows
+
+
+def test_closed_run_reads_without_warning(tmp_path, recwarn):
+    write_fake_run(tmp_path, [fake_record(0, kept_with_rank(4))])
+    load_runs(tmp_path)
+    assert not [w for w in recwarn if issubclass(w.category, RecordWarning)]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,334 @@
+"""A drop-in replacement for peft's AdaLoRA ``RankAllocator`` that keeps its averages in flat buffers.
+
+peft's allocator loops in Python over every adapter parameter and allocates about ten new tensors
+per parameter per step (``update_ipt``), and loops again over every module at each mask step
+(``mask_to_budget``). :class:`FastRankAllocator` computes the same numbers with a few ops over one
+flat buffer per quantity: the importance averages are bit-for-bit peft's (same elementwise ops, in
+the same order, each rounded once) and the triplet scores reduce whole groups of equally shaped
+modules at once. It is optional and off by default: swap it in with :func:`use_fast_allocator`
+(or ``BudgetRecorder(..., fast_allocator=True)``); peft's ``AdaLoraModel.update_and_allocate`` keeps
+driving it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft.tuners.adalora import AdaLoraModel
+from peft.tuners.adalora import layer as adalora_layer
+from peft.tuners.adalora.layer import RankAllocator
+
+from .records import ModuleInfo
+from .setup import find_adalora_model
+
+_ADAPTER_MATRICES = ("lora_A", "lora_E", "lora_B")
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One matrix kind (A, E or B) of every module of one shape: a contiguous ``(count, *matrix shape)`` block."""
+
+    positions: tuple[int, ...]  # of its matrices in the per-matrix list (module by module: A, E, B)
+    start: int
+    shape: tuple[int, ...]
+
+    def view(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[self.start : self.start + math.prod(self.shape)].view(self.shape)
+
+
+class TripletLayout:
+    """Where every adapted module's A, E and B elements sit in one flat buffer.
+
+    Modules of equal shape sit next to each other: a group of G modules holds its E elements as a
+    ``(G, r, 1)`` block, its A elements as ``(G, r, in)`` and its B elements as ``(G, out, r)``, so
+    the triplet scores of a whole group reduce with one op per matrix kind instead of one per
+    module. Matrices are numbered module by module (A, E, B), in the order of the given shapes.
+    """
+
+    def __init__(self, rank: int, shapes: Sequence[tuple[int, int]]) -> None:
+        """``shapes``: ``(in_features, out_features)`` of each module, in module order."""
+        self.rank = rank
+        self.n_modules = len(shapes)
+        members_by_shape: dict[tuple[int, int], list[int]] = {}
+        for index, shape in enumerate(shapes):
+            members_by_shape.setdefault(shape, []).append(index)
+        self.groups: list[tuple[_Block, _Block, _Block]] = []  # (A, E, B) blocks of each shape group
+        offset = 0
+        for (fan_in, fan_out), members in members_by_shape.items():
+            blocks = {}
+            for kind, shape in ((1, (rank, 1)), (0, (rank, fan_in)), (2, (fan_out, rank))):
+                blocks[kind] = _Block(tuple(3 * m + kind for m in members), offset, (len(members), *shape))
+                offset += len(members) * math.prod(shape)
+            self.groups.append((blocks[0], blocks[1], blocks[2]))
+        self.numel = offset
+        grouped_order = torch.tensor([p // 3 for _, e, _ in self.groups for p in e.positions])
+        self._to_module_order = torch.argsort(grouped_order)  # grouped score rows -> module order
+        self._in_module_order = bool((grouped_order == torch.arange(self.n_modules)).all())
+
+    @property
+    def blocks(self) -> list[_Block]:
+        return [block for group in self.groups for block in group]
+
+    def matrix_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A view of ``flat`` per matrix, shaped like it, numbered module by module (A, E, B)."""
+        views: list = [None] * (3 * self.n_modules)
+        for block in self.blocks:
+            for position, view in zip(block.positions, block.view(flat).unbind(0)):
+                views[position] = view
+        return views
+
+    def triplet_scores(self, element_scores: torch.Tensor) -> torch.Tensor:
+        """AdaLoRA's triplet scores ``(n_modules, r)`` in module order, from flat element scores.
+
+        Direction i of a module scores ``s(E)_i + (mean_j s(A)_ij + mean_j s(B)_ji)``: peft's
+        ``mask_to_budget`` operations in peft's rounding order, so the result is bit for bit peft's.
+        """
+        rows = []
+        for a, e, b in self.groups:
+            rows.append(e.view(element_scores).squeeze(2) + (a.view(element_scores).mean(dim=2) + b.view(element_scores).mean(dim=1)))
+        grouped = rows[0] if len(rows) == 1 else torch.cat(rows)
+        if self._in_module_order:
+            return grouped
+        return grouped.index_select(0, self._to_module_order.to(grouped.device))
+
+
+class ElementwiseProducts:
+    """Writes ``lefts[i] * rights[i]`` for every adapter matrix into its place in a flat buffer.
+
+    Small matrices go a block at a time (stack both factors, one multiply: three ops per block
+    instead of one per matrix); larger ones are multiplied one by one straight into place, which
+    copies nothing twice.
+    """
+
+    STACK_BELOW = 2048  # elements per matrix; below this, per-op overhead outweighs the extra copies
+
+    def __init__(self, layout: TripletLayout, flat: torch.Tensor) -> None:
+        self.flat = flat
+        self._stacked: list[tuple[torch.Tensor, tuple[int, ...]]] = []
+        self._one_by_one: list[tuple[int, torch.Tensor]] = []
+        for block in layout.blocks:
+            view = block.view(flat)
+            if math.prod(block.shape[1:]) < self.STACK_BELOW:
+                self._stacked.append((view, block.positions))
+            else:
+                self._one_by_one.extend(zip(block.positions, view.unbind(0)))
+
+    def __call__(self, lefts: Sequence[torch.Tensor], rights: Sequence[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            for view, positions in self._stacked:
+                torch.mul(torch.stack([lefts[i] for i in positions]), torch.stack([rights[i] for i in positions]), out=view)
+            for position, target in self._one_by_one:
+                torch.mul(lefts[position], rights[position], out=target)
+        return self.flat
+
+
+class DictTripletScores:
+    """Triplet scores from peft's own per-parameter dicts (``exp_avg_ipt``, ``exp_avg_unc``), vectorised.
+
+    The element scores ``exp_avg_ipt * exp_avg_unc`` go into one reused flat buffer laid out by
+    :class:`TripletLayout` and are reduced a shape group at a time: bit for bit the numbers peft
+    masks with, without peft's Python loop over modules.
+    """
+
+    def __init__(self, modules: Sequence[ModuleInfo], adapter: str, rank: int) -> None:
+        self.modules = tuple(modules)
+        self.layout = TripletLayout(rank, [(m.in_features, m.out_features) for m in self.modules])
+        self.keys = [f"{m.module}.{matrix}.{adapter}" for m in self.modules for matrix in _ADAPTER_MATRICES]
+        self._products: ElementwiseProducts | None = None
+
+    def __call__(self, allocator: RankAllocator) -> torch.Tensor | None:
+        """``(n_modules, r)`` scores in module order; None while the allocator holds no averages."""
+        averages, uncertainties = allocator.exp_avg_ipt, allocator.exp_avg_unc
+        if not averages:
+            return None
+        first = averages[self.keys[0]]
+        if self._products is None or self._products.flat.device != first.device or self._products.flat.dtype != first.dtype:
+            self._products = ElementwiseProducts(self.layout, torch.empty(self.layout.numel, dtype=first.dtype, device=first.device))
+        element_scores = self._products([averages[k] for k in self.keys], [uncertainties[k] for k in self.keys])
+        with torch.no_grad():
+            return self.layout.triplet_scores(element_scores)
+
+
+class FastRankAllocator(RankAllocator):
+    """peft's ``RankAllocator`` with its averages in flat buffers and its loops replaced by fused ops.
+
+    Same budget schedule (inherited), same importance averages, same masks and the same
+    ``rank_pattern`` as peft's; peft's ``AdaLoraModel.update_and_allocate`` drives it unchanged.
+    ``ipt``, ``exp_avg_ipt`` and ``exp_avg_unc`` stay dicts keyed by parameter name in peft's
+    order, holding views of the flat buffers (empty before the first update and after ``reset_ipt``).
+
+    Under DeepSpeed (``deepspeed_config()`` set when the allocator is built) gradients must be
+    gathered with ``safe_get_full_grad`` parameter by parameter, so every method falls back to
+    peft's own and the averages live in peft's dicts.
+    """
+
+    _AVERAGES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def __init__(self, model: torch.nn.Module, peft_config, adapter_name: str) -> None:
+        super().__init__(model, peft_config, adapter_name)
+        self.falls_back_to_peft = adalora_layer.deepspeed_config() is not None
+        self._model = model
+        triplets, self._peft_order = _adapter_triplets(model, adapter_name)
+        ranks = {a.shape[0] for a, _, _ in triplets.values()}
+        if len(ranks) != 1:
+            raise ValueError(
+                f"FastRankAllocator needs one rank for all modules, found ranks {sorted(ranks)} "
+                "(an adapter reloaded after masking); use peft's RankAllocator"
+            )
+        self.modules = tuple(ModuleInfo(module, a.shape[1], b.shape[0]) for module, (a, _, b) in triplets.items())
+        self.layout = TripletLayout(ranks.pop(), [(m.in_features, m.out_features) for m in self.modules])
+        self._module_index = {m.module: i for i, m in enumerate(self.modules)}
+        # Matrices and their names numbered as the layout numbers them: module by module, A, E, B.
+        self._parameters = [param for triplet in triplets.values() for param in triplet]
+        self._names = [f"{module}.{matrix}.{adapter_name}" for module in triplets for matrix in _ADAPTER_MATRICES]
+        self._lora_e = self._parameters[1::3]
+        self._lora_e_names = [f"{module}.lora_E.{adapter_name}" for module in triplets]
+        self._dict_scores = DictTripletScores(self.modules, adapter_name, self.layout.rank)
+
+    def reset_ipt(self) -> None:
+        """Forget the averages, like peft's (peft calls this at the final mask step)."""
+        super().reset_ipt()
+        self._flat: dict[str, torch.Tensor] | None = None
+
+    def _allocate_averages(self) -> None:
+        first = self._parameters[0]
+        if any(p.dtype != first.dtype or p.device != first.device for p in self._parameters):
+            raise ValueError("FastRankAllocator needs all adapter parameters on one device with one dtype")
+        self._flat = {
+            name: torch.zeros(self.layout.numel, dtype=first.dtype, device=first.device)
+            for name in (*self._AVERAGES, "scratch")
+        }
+        self._one = torch.ones((), dtype=first.dtype, device=first.device)
+        for name in self._AVERAGES:
+            views = dict(zip(self._names, self.layout.matrix_views(self._flat[name])))
+            setattr(self, name, {key: views[key] for key in self._peft_order})
+        self._sensitivities = ElementwiseProducts(self.layout, self._flat["ipt"])
+
+    def load_averages(self, allocator: RankAllocator) -> None:
+        """Take over the averages another allocator (peft's) holds, so that it can be swapped in mid-run."""
+        self.reset_ipt()
+        if self.falls_back_to_peft:
+            for name in self._AVERAGES:
+                setattr(self, name, dict(getattr(allocator, name)))
+        elif allocator.exp_avg_ipt:
+            self._allocate_averages()
+            for name in self._AVERAGES:
+                ours, theirs = getattr(self, name), getattr(allocator, name)
+                torch._foreach_copy_(list(ours.values()), [theirs[key] for key in ours])
+
+    def update_ipt(self, model: torch.nn.Module) -> None:
+        """Update the sensitivity averages from ``p.grad`` with peft's formula, one flat op per term."""
+        if self.falls_back_to_peft:
+            return super().update_ipt(model)
+        self._check_model(model)
+        if self._flat is None:
+            self._allocate_averages()
+        flat = self._flat
+        ipt, average, uncertainty, scratch = flat["ipt"], flat["exp_avg_ipt"], flat["exp_avg_unc"], flat["scratch"]
+        self._sensitivities(self._parameters, [param.grad for param in self._parameters])
+        with torch.no_grad():
+            ipt.abs_()
+            # beta * avg + (1 - beta) * x with each product rounded once, as peft computes it: addcmul by a
+            # scalar one adds the rounded product (1 - beta) * x to the rounded beta * avg.
+            average.mul_(self.beta1).addcmul_(ipt, self._one, value=1 - self.beta1)
+            torch.sub(ipt, average, out=scratch).abs_()
+            uncertainty.mul_(self.beta2).addcmul_(scratch, self._one, value=1 - self.beta2)
+
+    def triplet_scores(self, modules: Sequence[ModuleInfo] | None = None) -> torch.Tensor | None:
+        """Triplet scores ``(n_modules, r)``, rows in ``modules``' order (default: the allocator's).
+
+        None while no averages are held (before the first update, after ``reset_ipt``).
+        """
+        if self.falls_back_to_peft:
+            scores = self._dict_scores(self)
+        elif self._flat is None:
+            return None
+        else:
+            with torch.no_grad():
+                element_scores = torch.mul(self._flat["exp_avg_ipt"], self._flat["exp_avg_unc"], out=self._flat["scratch"])
+                scores = self.layout.triplet_scores(element_scores)
+        if scores is None or modules is None:
+            return scores
+        order = [self._module_index[m.module] for m in modules]
+        if order == list(range(self.layout.n_modules)):
+            return scores
+        return scores.index_select(0, torch.tensor(order, device=scores.device))
+
+    def mask_to_budget(self, model: torch.nn.Module, budget: int) -> dict[str, list[bool]]:
+        """Zero ``lora_E`` where the triplet score is <= the ``(init_bgt - budget)``-th smallest, as peft does."""
+        if self.falls_back_to_peft:
+            return super().mask_to_budget(model, budget)
+        self._check_model(model)
+        scores = self.triplet_scores()
+        threshold = torch.kthvalue(scores.reshape(-1), k=self.init_bgt - budget)[0].item()
+        dropped = scores <= threshold
+        self._zero_lora_e(dropped)
+        return dict(zip(self._lora_e_names, (~dropped).tolist()))
+
+    def mask_using_rank_pattern(self, model: torch.nn.Module, rank_pattern: dict[str, list[bool]]) -> None:
+        """Re-apply a frozen ``rank_pattern``, as peft does on every step of the final phase."""
+        if self.falls_back_to_peft:
+            return super().mask_using_rank_pattern(model, rank_pattern)
+        self._check_model(model)
+        names = self._lora_e_names
+        if self.adapter_name not in next(iter(rank_pattern)):  # keys renamed by save_pretrained
+            names = [name.replace(f".{self.adapter_name}", "") for name in names]
+        kept = torch.tensor([rank_pattern[name] for name in names], dtype=torch.bool, device=self._lora_e[0].device)
+        self._zero_lora_e(~kept)
+
+    def _zero_lora_e(self, dropped: torch.Tensor) -> None:
+        """``masked_fill_(dropped, 0)`` on every module's ``lora_E`` at once: stack, fill, copy back."""
+        with torch.no_grad():
+            values = torch.stack(self._lora_e)
+            values.masked_fill_(dropped.unsqueeze(-1), 0.0)
+            torch._foreach_copy_(self._lora_e, list(values.unbind(0)))
+
+    def _check_model(self, model: torch.nn.Module) -> None:
+        if model is not self._model:
+            raise ValueError("this FastRankAllocator was built for another model; build one per AdaLoraModel")
+
+
+def _adapter_triplets(
+    model: torch.nn.Module, adapter: str
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], list[str]]:
+    """``module -> (lora_A, lora_E, lora_B)``, and the names peft's ``update_ipt`` reads, in its order.
+
+    Refuses parameters that peft's name filter takes in but the flat layout has no place for
+    (another adapter whose name contains this one's, LoRA embeddings).
+    """
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    names = []
+    for name, param in model.named_parameters():
+        if "lora_" not in name or adapter not in name:  # peft's filter in update_ipt
+            continue
+        module, matrix, owner = name.rsplit(".", 2)
+        if owner != adapter or matrix not in _ADAPTER_MATRICES or param.dim() != 2:
+            raise ValueError(
+                f"FastRankAllocator handles the 2-D lora_A/E/B matrices of one adapter, but peft's allocator "
+                f"would also average {name!r}: use peft's RankAllocator for this model"
+            )
+        found.setdefault(module, {})[matrix] = param
+        names.append(name)
+    incomplete = [module for module, matrices in found.items() if len(matrices) != len(_ADAPTER_MATRICES)]
+    if incomplete:
+        raise ValueError(f"adapted module {incomplete[0]!r} lacks one of {_ADAPTER_MATRICES}")
+    return {module: tuple(matrices[m] for m in _ADAPTER_MATRICES) for module, matrices in found.items()}, names
+
+
+def use_fast_allocator(model: torch.nn.Module) -> FastRankAllocator:
+    """Swap a :class:`FastRankAllocator` into the AdaLoRA model inside ``model`` and return it.
+
+    Accepts a PeftModel or an AdaLoraModel (also wrapped by DDP or accelerate). Importance averages
+    the current allocator already holds are carried over; a second call returns the same allocator.
+    """
+    adalora: AdaLoraModel = find_adalora_model(model)
+    current = adalora.rankallocator
+    if isinstance(current, FastRankAllocator):
+        return current
+    fast = FastRankAllocator(adalora.model, current.peft_config, current.adapter_name)
+    fast.load_averages(current)
+    adalora.rankallocator = fast
+    return fast

@@ -1,0 +1,70 @@
+"""peft's AdaLoRA ``update_and_allocate`` against the same call driving ``FastRankAllocator``, side by side.
+
+One model, one real backward pass to fill ``p.grad``; then both allocators take turns (rotating
+order, so machine noise hits both alike) as ``rankallocator`` of that model, and only the
+``update_and_allocate(step)`` call is timed: once at a step that only updates the importance
+averages, once at a step that also masks. Prints medians and the speed-up.
+
+    python perf/allocator_speed.py --preset tiny
+    python perf/allocator_speed.py --preset real     # real Q-Former dims: 768 hidden, 3072 FFN, 1408-wide images
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks.synthetic_vqa import generate_examples
+from peft_hooks import AdaLoraSetup, FastRankAllocator, add_adalora, find_adalora_model
+from runner.collate import InstructBlipCollator
+from runner.tiny import load_tiny_processor
+
+from models import preset_model  # perf/models.py, next to this script
+
+UPDATE_STEP = 6  # not a multiple of deltaT: averages only
+MASK_STEP = 10  # a multiple of deltaT after tinit: averages and a mask
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["tiny", "real"], default="tiny")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    options = parser.parse_args()
+    torch.set_num_threads(options.threads)
+
+    setup = AdaLoraSetup(total_step=60, tinit=5, tfinal=5, deltaT=5, init_r=12, target_r=4)
+    processor = load_tiny_processor()
+    model = add_adalora(preset_model(options.preset, processor), setup, seed=0)
+    model(**InstructBlipCollator(processor)(generate_examples(2, seed=0))).loss.backward()
+    adalora = find_adalora_model(model)
+    peft_allocator = adalora.rankallocator
+    allocators = {
+        "peft": peft_allocator,
+        "fast": FastRankAllocator(adalora.model, peft_allocator.peft_config, peft_allocator.adapter_name),
+    }
+    assert peft_allocator.budget_schedule(MASK_STEP)[1] and not peft_allocator.budget_schedule(UPDATE_STEP)[1]
+
+    fast = allocators["fast"]
+    print(f"preset={options.preset} threads={options.threads} repeats={options.repeats} "
+          f"({fast.layout.numel} adapter weights in {len(fast.modules)} modules); medians of update_and_allocate(step)")
+    print(f"{'step':<26}{'peft ms':>10}{'fast ms':>10}{'speed-up':>10}")
+    for label, step in (("averages only", UPDATE_STEP), ("averages + mask", MASK_STEP)):
+        timings = {name: [] for name in allocators}
+        names = list(allocators)
+        for repeat in range(options.repeats + 2):  # the first two rounds warm up (first calls allocate)
+            for name in names[repeat % 2 :] + names[: repeat % 2]:
+                adalora.rankallocator = allocators[name]
+                started = time.perf_counter()
+                adalora.update_and_allocate(step)
+                if repeat >= 2:
+                    timings[name].append(time.perf_counter() - started)
+        peft_ms, fast_ms = (statistics.median(timings[name]) * 1e3 for name in ("peft", "fast"))
+        print(f"{f'{label} (step {step})':<26}{peft_ms:>10.2f}{fast_ms:>10.2f}{peft_ms / fast_ms:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
