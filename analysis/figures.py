@@ -19,6 +19,7 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
 from .load import load_runs
+from .schema import COLUMN_NAMES
 from .metrics import NORMALIZATIONS, block_share
 from .plots import (
     plot_block_share_ci,
@@ -44,6 +45,8 @@ FORMATS = ("png", "pdf")
 # No version string or date in the files, so that reruns write identical bytes.
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 INDEX_FILE = "index.md"
+# Every record column but the per-direction lists, which no figure draws: most of the load time and memory.
+FIGURE_COLUMNS = [name for name in COLUMN_NAMES if not name.startswith("direction_")]
 
 _NORMALIZATION_TEXT = {
     "rank": "share of kept directions (rank)",
@@ -133,7 +136,7 @@ def regenerate_figures(
     ``method`` selects one configuration (the run folders' parent name, e.g. ``adalora-all_linear-r12to4``)
     when ``runs_dir`` holds several. Returns the written paths, ``index.md`` last.
     """
-    records = _select_runs(load_runs(runs_dir), method)
+    records = _select_runs(load_runs(runs_dir, columns=FIGURE_COLUMNS), method)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = _Index(out_dir, dpi)

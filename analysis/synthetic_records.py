@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 
 from peft_hooks.taxonomy import sublayer_label, target_modules_regex
 
-from .schema import PHASES, RECORD_SCHEMA, RECORDS_FILE, RUN_META_FILE, SCHEMA_VERSION
+from .schema import COMPACTED_PARTS_KEY, PHASES, RECORD_SCHEMA, RECORDS_FILE, RESUMES_APPLIED_KEY, RUN_META_FILE
+from .schema import SCHEMA_VERSION
 
 BENCHMARKS: tuple[str, ...] = ("scienceqa", "iconqa", "flickr30k", "vizwiz")
 
@@ -326,8 +327,13 @@ def write_synthetic_run(
     steps, directions = _simulate_run(benchmark, modules, schedule, rng)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps_per_group = max(1, ROWS_PER_GROUP // len(modules))
-    with pq.ParquetWriter(run_dir / RECORDS_FILE, RECORD_SCHEMA, compression="zstd") as writer:
-        for start in range(0, len(steps["global_step"]), steps_per_group):
+    group_starts = range(0, len(steps["global_step"]), steps_per_group)
+    # The metadata a closed ParquetSink leaves: each row group stands for one compacted part.
+    schema = RECORD_SCHEMA.with_metadata(
+        RECORD_SCHEMA.metadata | {COMPACTED_PARTS_KEY: str(len(group_starts)).encode(), RESUMES_APPLIED_KEY: b"0"}
+    )
+    with pq.ParquetWriter(run_dir / RECORDS_FILE, schema, compression="zstd") as writer:
+        for start in group_starts:
             chunk = slice(start, start + steps_per_group)
             table = _chunk_table(
                 benchmark,

@@ -1,5 +1,7 @@
 """The fast allocator against peft's own: two tiny models trained in lockstep, one allocator each."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,5 +166,8 @@ def test_recorder_with_fast_allocator_records_what_the_default_recorder_records(
     pd.testing.assert_frame_equal(fast_frame.drop(columns=score_columns), peft_frame.drop(columns=score_columns))
     pd.testing.assert_frame_equal(fast_frame[score_columns], peft_frame[score_columns], check_exact=False, **EXACT_ENOUGH)
     np.testing.assert_allclose(fast_scores, peft_scores, **EXACT_ENOUGH)
-    assert np.isfinite(peft_scores[: 120 * (setup.total_step - setup.tfinal + 1)]).all()
+    scored_rows = 120 * (setup.total_step - setup.tfinal + 1)  # up to the final mask step; then cleared
+    assert np.isfinite(peft_scores[:scored_rows]).all() and np.isnan(peft_scores[scored_rows:]).all()
     assert peft_frame["mask_step"].sum() == 120 * 6  # steps 4, 6, 8, 10, 12 and the final mask at 13
+    assert json.loads((tmp_path / "fast" / "run.json").read_text())["allocator"] == "FastRankAllocator"
+    assert json.loads((tmp_path / "peft" / "run.json").read_text())["allocator"] == "RankAllocator"

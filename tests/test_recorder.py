@@ -234,3 +234,15 @@ def test_a_failing_writer_is_reported_and_earlier_parts_survive(tmp_path, monkey
     with pytest.raises(RuntimeError, match=r"writing budget records under .*records failed: .*No space left.*the 1 steps written before are intact"):
         recorder.close()
     assert len(pd.read_parquet(tmp_path / "records")) == 120
+
+
+def test_directions_kept_between_masks_are_the_last_masks(loop_run):
+    records = loop_run["records"]
+    last_mask = None
+    for record in records:
+        assert not record.direction_kept.flags.writeable  # shared between records, so frozen
+        if record.mask_step:
+            last_mask = record
+        elif last_mask is not None:
+            np.testing.assert_array_equal(record.direction_kept, last_mask.direction_kept)
+    assert last_mask is not None and records[-1].global_step > last_mask.global_step
