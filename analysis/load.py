@@ -323,12 +323,16 @@ def load_runs(
 
 
 def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
-    """Evaluation results of every run below ``path`` (its ``metrics.json``), one row per run and metric."""
+    """Evaluation results of every run below ``path`` (its ``metrics.json``), one row per run and metric.
+
+    ``trainable_parameters`` is what the run's method trained (``<NA>`` for runs recorded before it was kept).
+    """
     rows = []
     for metrics_file in sorted(Path(path).rglob("metrics.json")):
         try:
             report = json.loads(metrics_file.read_text(encoding="utf-8"))
             base = {key: report[key] for key in ("benchmark", "method", "seed", "split")}
+            base["trainable_parameters"] = report.get("trainable_parameters")
             values = report["metrics"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"{metrics_file}: not a readable metrics report ({exc!r})") from exc
@@ -337,4 +341,5 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
             for name, value in values.items()
             if name != "examples"
         ]
-    return pd.DataFrame(rows, columns=["benchmark", "method", "seed", "split", "metric", "value", "run"])
+    columns = ["benchmark", "method", "seed", "split", "metric", "value", "trainable_parameters", "run"]
+    return pd.DataFrame(rows, columns=columns).astype({"trainable_parameters": "Int64"})

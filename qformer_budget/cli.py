@@ -29,6 +29,10 @@ def _run(args: argparse.Namespace) -> int:
         config = config.with_paths(out=args.out)
     report = run_sweep(config, progress=not args.no_progress)
     print(report.summary())
+    if report.finished or report.skipped:
+        from .demo import metrics_table
+
+        print(metrics_table(config.out))
     return 0 if not report.failed else 1
 
 
@@ -73,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     params = commands.add_parser("params", help="trainable parameters of the paper's grid, counted on the meta device")
     params.add_argument("--presets", nargs="+", default=None, help="model presets (default: all)")
     params.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
-    params.add_argument("--methods", nargs="+", default=["lora"], choices=["lora", "adalora"])
+    params.add_argument(  # runner.params.METHODS, written out so that --help needs no torch import
+        "--methods", nargs="+", default=["lora"], choices=["lora", "adalora", "routed_lora", "routed_adalora", "memvp"]
+    )
     params.set_defaults(handler=_params)
 
     figures = commands.add_parser(

@@ -49,7 +49,11 @@ def run_demo(out_dir: str | Path, config: SweepConfig) -> tuple[SweepReport, lis
 
 
 def metrics_table(out_dir: str | Path) -> str:
-    """Mean (and spread over seeds) of each benchmark's metrics, as text."""
+    """Mean (and spread over seeds) of each benchmark's metrics per method, with the method's trainable
+    parameters, as text."""
     metrics = load_metrics(out_dir)
-    summary = metrics.groupby(["benchmark", "method", "metric"])["value"].agg(["mean", "std", "count"])
-    return summary.rename(columns={"count": "seeds"}).to_string(float_format=lambda v: f"{v:.4f}")
+    summary = metrics.groupby(["benchmark", "method", "metric"]).agg(
+        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"),
+        trainable=("trainable_parameters", "max"),
+    )
+    return summary.to_string(float_format=lambda v: f"{v:.4f}")

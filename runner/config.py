@@ -49,7 +49,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 EVAL_SPLITS = {"scienceqa": "test", "iconqa": "test", "flickr30k": "test", "vizwiz": "val"}  # VizWiz test has no answers
-METHOD_NAMES = ("adalora", "lora")
+METHOD_NAMES = ("adalora", "lora", "routed_adalora", "routed_lora", "memvp")
+ADALORA_METHODS = ("adalora", "routed_adalora")  # the methods whose budget is recorded
+ROUTING_VARIANTS = ("multiply", "add", "matmul", "matmul2")  # vl_methods.routing.config.VARIANTS
 
 
 class ConfigError(ValueError):
@@ -118,7 +120,13 @@ class TrainingSection:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One trained variant: AdaLoRA (init_r -> target_r) or plain LoRA (rank) on one placement."""
+    """One trained variant.
+
+    ``adalora`` (init_r -> target_r) and ``lora`` (rank) on one Q-Former placement; ``routed_adalora`` and
+    ``routed_lora``, the same with the routing function ``routing`` in the bottleneck (Qu et al. 2024);
+    ``memvp``, the query outputs as key-value memory in the LM's FFN blocks (Jie et al. 2024), which has no
+    placement or rank (MemVP's defaults, ``vl_methods.memvp.MemVPConfig``).
+    """
 
     name: str
     placement: str = "all_linear"
@@ -130,10 +138,13 @@ class MethodSpec:
     deltaT: int = 10
     lora_alpha: float = 8.0
     record_every: int | None = None
+    routing: str = "matmul"
 
     def __post_init__(self) -> None:
         if self.name not in METHOD_NAMES:
             raise ValueError(f"method name must be one of {list(METHOD_NAMES)}, got {self.name!r}")
+        if self.routing not in ROUTING_VARIANTS:
+            raise ValueError(f"routing must be one of {list(ROUTING_VARIANTS)}, got {self.routing!r}")
         if not (0 <= self.warmup_fraction < 1 and 0 < self.final_fraction < 1
                 and self.warmup_fraction + self.final_fraction < 1):
             raise ValueError(
@@ -144,10 +155,19 @@ class MethodSpec:
 
     @property
     def tag(self) -> str:
-        """Folder name of this variant, e.g. ``adalora-all_linear-r12to4`` or ``lora-paper_all-r8``."""
-        if self.name == "adalora":
-            return f"adalora-{self.placement}-r{self.init_r}to{self.target_r}"
-        return f"lora-{self.placement}-r{self.rank}"
+        """Folder name of this variant, e.g. ``adalora-all_linear-r12to4``, ``lora-paper_all-r8``,
+        ``routed_lora-multiply-paper_all-r8`` or ``memvp``."""
+        if self.name == "memvp":
+            return "memvp"
+        routing = f"-{self.routing}" if self.name.startswith("routed_") else ""
+        if self.name in ADALORA_METHODS:
+            return f"{self.name}{routing}-{self.placement}-r{self.init_r}to{self.target_r}"
+        return f"{self.name}{routing}-{self.placement}-r{self.rank}"
+
+    @property
+    def records_budget(self) -> bool:
+        """Whether AdaLoRA allocates (and the recorder records) this variant's rank budget."""
+        return self.name in ADALORA_METHODS
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ from torch import nn
 from peft_hooks.taxonomy import PLACEMENTS as QFORMER_PLACEMENTS
 from peft_hooks.taxonomy import target_modules_regex
 
+from vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
+from vl_methods.memvp.layer import find_ffns
+
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
 
 # The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
@@ -43,7 +46,10 @@ PAPER_PLACEMENTS: tuple[str, ...] = (
     f"{QFORMER_ALL}+llm_all",
 )
 PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
-METHODS: tuple[str, ...] = ("lora", "adalora")
+METHODS: tuple[str, ...] = ("lora", "adalora", "routed_lora", "routed_adalora", "memvp")
+# Routing adds no parameter: a routed adapter trains what the plain one on the same layers trains.
+_COUNTED_AS = {"routed_lora": "lora", "routed_adalora": "adalora"}
+MEMVP_PLACEMENT = "llm_ffn_memory"  # MemVP's row: visual memory in every FFN block of the LM, no rank
 TABLE_COLUMNS: tuple[str, ...] = (
     "preset", "placement", "method", "rank", "modules", "trainable",
     "share_of_full_qformer_pct", "share_of_model_pct",
@@ -92,7 +98,19 @@ def full_qformer_parameters(model: BlipModel) -> int:
 def adapter_parameters(in_features: int, out_features: int, rank: int, method: str = "lora") -> int:
     """Trainable parameters of one adapter on a ``Linear(in_features, out_features)``."""
     _check_method(method)
-    return rank * (in_features + out_features + (method == "adalora"))
+    if method == "memvp":
+        raise ValueError("memvp puts no adapter on a Linear layer; count it with memvp_parameters(preset)")
+    return rank * (in_features + out_features + (_COUNTED_AS.get(method, method) == "adalora"))
+
+
+def memvp_parameters(preset: str, config: MemVPConfig | None = None) -> tuple[int, int]:
+    """MemVP's trainable parameters on ``preset`` (default config) and the number of LM FFN blocks it fills."""
+    model = build_on_meta(preset)
+    return (
+        memvp_trainable_parameters(config or MemVPConfig(), model.config.text_config.hidden_size,
+                                   model.config.qformer_config.hidden_size),
+        len(find_ffns(model.language_model)),
+    )
 
 
 def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
@@ -116,13 +134,23 @@ def parameter_table(
     """One row per preset x placement x rank x method: adapted modules, trainable parameters and their shares.
 
     The shares are percentages of the full Q-Former fine-tuning baseline and of the whole (base) model.
+    ``memvp`` has one row per preset, placement ``llm_ffn_memory``, no rank (``<NA>``), its modules being
+    the LM's FFN blocks.
     """
     rows = []
+    for method in methods:
+        _check_method(method)
     for preset in preset_names if preset_names is not None else tuple(PRESETS):
         info = census(preset)
+        if "memvp" in methods:
+            trainable, blocks = memvp_parameters(preset)
+            rows.append((
+                preset, MEMVP_PLACEMENT, "memvp", pd.NA, blocks, trainable,
+                100 * trainable / info.full_qformer, 100 * trainable / info.total,
+            ))
         for placement in placements:
             targets = target_linears(preset, placement)
-            for method in methods:
+            for method in (m for m in methods if m != "memvp"):
                 unit = _per_unit_rank(targets, method)
                 for rank in ranks:
                     trainable = rank * unit
@@ -130,14 +158,16 @@ def parameter_table(
                         preset, placement, method, rank, len(targets), trainable,
                         100 * trainable / info.full_qformer, 100 * trainable / info.total,
                     ))
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    return table.astype({"rank": "Int64"}) if "memvp" in methods else table  # MemVP's rank is <NA>
 
 
 def format_table(df: pd.DataFrame) -> str:
     """:func:`parameter_table` as a markdown table: counts with thousands separators, shares to 4 digits."""
     headers = ["preset", "placement", "method", "rank", "modules", "trainable", "% full Q-Former", "% model"]
     cells = [
-        [row.preset, row.placement, row.method, str(row.rank), str(row.modules), f"{row.trainable:,}",
+        [row.preset, row.placement, row.method, "-" if pd.isna(row.rank) else str(row.rank), str(row.modules),
+         f"{row.trainable:,}",
          f"{row.share_of_full_qformer_pct:.4g}", f"{row.share_of_model_pct:.4g}"]
         for row in df.itertuples(index=False)
     ]

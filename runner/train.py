@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (the run's settings and package versions), ``status.json``
 (``running``, ``finished`` or ``failed``, with the error), the budget records and ``run.json``
-(AdaLoRA runs), ``adapter/`` (peft's ``save_pretrained``), ``metrics.json`` and
+(AdaLoRA and routed AdaLoRA runs), ``adapter/`` (what the method trained: peft's ``save_pretrained``, with
+``routing.json`` for routed adapters, or MemVP's weights and config), ``metrics.json`` and
 ``predictions.jsonl``. Metrics are computed on a fresh base model with the saved adapter loaded
 back, so they belong to exactly the weights that were saved.
 """
@@ -27,6 +28,8 @@ from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, TrainingPlan, add_ad
 from peft_hooks.recorder import package_versions
 from peft_hooks.sinks import write_json_atomic
 from peft_hooks.taxonomy import target_modules_regex
+from vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, save_memvp
+from vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
 
 from .collate import InstructBlipCollator
 from .config import MethodSpec, ModelSection, RunSpec
@@ -79,15 +82,45 @@ def adalora_setup(method: MethodSpec, plan: TrainingPlan) -> AdaLoraSetup:
     )
 
 
-def attach_adapter(model: torch.nn.Module, method: MethodSpec, plan: TrainingPlan, seed: int) -> PeftModel:
-    """AdaLoRA through ``add_adalora``; plain LoRA at a fixed rank on the same sublayers."""
-    if method.name == "adalora":
-        return add_adalora(model, adalora_setup(method, plan), seed=seed)
+def attach_adapter(model: torch.nn.Module, method: MethodSpec, plan: TrainingPlan, seed: int) -> torch.nn.Module:
+    """``method`` on ``model``, everything else frozen, the adapter's initialisation drawn from ``seed``.
+
+    AdaLoRA through ``add_adalora``; plain LoRA at a fixed rank on the same sublayers; their routed
+    variants (``vl_methods.routing``); MemVP (``vl_methods.memvp``) with its defaults.
+    """
+    if method.name == "memvp":
+        return add_memvp(model, MemVPConfig(), seed=seed)
+    if method.name in ("adalora", "routed_adalora"):
+        setup = adalora_setup(method, plan)
+        if method.name == "adalora":
+            return add_adalora(model, setup, seed=seed)
+        return add_routed_adalora(model, setup, RoutingConfig(variant=method.routing), seed=seed)
     config = LoraConfig(r=method.rank, lora_alpha=method.lora_alpha, lora_dropout=0.0,
                         target_modules=target_modules_regex(method.placement))
+    if method.name == "routed_lora":
+        return add_routed_lora(model, config, RoutingConfig(variant=method.routing), seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+def save_trained(model: torch.nn.Module, method: MethodSpec, folder: Path) -> None:
+    """Write what ``method`` trained into ``folder``, in the form :func:`load_trained` reads."""
+    if method.name == "memvp":
+        save_memvp(model, folder)
+    elif method.name.startswith("routed_"):
+        save_routed(model, folder)
+    else:
+        save_adapter(model, folder)
+
+
+def load_trained(base: torch.nn.Module, method: MethodSpec, folder: Path) -> torch.nn.Module:
+    """``base`` with what :func:`save_trained` wrote into ``folder`` put back."""
+    if method.name == "memvp":
+        return load_memvp(base, folder)
+    if method.name.startswith("routed_"):
+        return load_routed(base, folder)
+    return load_adapter(base, folder)
 
 
 def _sha256(folder: Path) -> str:
@@ -121,9 +154,10 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
         plan = TrainingPlan(len(train_set), training.batch_size, epochs=training.epochs,
                             gradient_accumulation_steps=training.gradient_accumulation)
         peft_model = attach_adapter(model, spec.method, plan, spec.seed)
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         collator = InstructBlipCollator(processor, training.max_prompt_tokens, decoder_only)
         callbacks = []
-        if spec.method.name == "adalora":
+        if spec.method.records_budget:
             callback = AdaLoraBudgetCallback(
                 benchmark=spec.benchmark, seed=spec.seed, record_every=spec.method.record_every,
                 meta={"method": spec.method.tag, "preset": spec.model.preset},
@@ -145,11 +179,11 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
             trainer.add_callback(QuietProgress)
         trainer.train()
         write_json_atomic(run_dir / "train_log.json", {"log_history": trainer.state.log_history})
-        save_adapter(peft_model, run_dir / "adapter")
+        save_trained(peft_model, spec.method, run_dir / "adapter")
         train_seconds = time.perf_counter() - started
 
         base, _, _ = load_model(spec.model, device)
-        saved = load_adapter(base, run_dir / "adapter").to(device)
+        saved = load_trained(base, spec.method, run_dir / "adapter").to(device)
         metrics, predictions = evaluate(saved, collator, eval_set, batch_size=2 * training.batch_size,
                                         max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
         with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
@@ -157,7 +191,8 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
         report = {
             "benchmark": spec.benchmark, "split": spec.eval_split, "seed": spec.seed, "method": spec.method.tag,
             "metrics": metrics, "adapter_sha256": _sha256(run_dir / "adapter"),
-            "train_examples": len(train_set), "optimizer_steps": plan.total_optimizer_steps,
+            "trainable_parameters": trainable, "train_examples": len(train_set),
+            "optimizer_steps": plan.total_optimizer_steps,
             "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         }
         write_json_atomic(run_dir / "metrics.json", report)

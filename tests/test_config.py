@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import ConfigError, load_config
+from runner.config import ROUTING_VARIANTS, ConfigError, load_config
 
 CONFIGS = files("runner") / "configs"
 
@@ -32,6 +32,12 @@ def test_shipped_configs_load_and_expand():
     grid = load_config(CONFIGS / "lora_placement_rank_grid.toml")
     assert len(grid.methods) == 16 and len(grid.runs()) == 32
     assert {m.tag for m in grid.methods} >= {"lora-self_attn_qv-r1", "lora-paper_all-r8"}
+    methods = load_config(CONFIGS / "methods_demo.toml")
+    assert [m.tag for m in methods.methods] == [
+        "adalora-all_linear-r12to4", "routed_adalora-multiply-all_linear-r12to4", "lora-paper_all-r4",
+        *(f"routed_lora-{v}-paper_all-r4" for v in ("multiply", "add", "matmul", "matmul2")), "memvp",
+    ]
+    assert [m.records_budget for m in methods.methods] == [True, True, False, False, False, False, False, False]
     paper = load_config(CONFIGS / "adalora_four_benchmarks.toml")
     assert paper.model.preset == "instructblip-flan-t5-xl" and paper.training.epochs == 15
     assert [r.eval_split for r in paper.runs()[::3]] == ["test", "test", "test", "val"]
@@ -54,7 +60,8 @@ def test_paths_are_taken_from_the_current_folder(tmp_path, monkeypatch):
         (MINIMAL + "[training]\nbatch_size = 0\n", r"sweep.toml \[training\]: batch_size must be >= 1, got 0"),
         (MINIMAL + "[extra]\nx = 1\n", r"sweep.toml: unknown section\(s\) \['extra'\]"),
         (MINIMAL.replace('"iconqa"', '"vqav2"'), r"\[sweep\]: benchmarks must be a non-empty list from"),
-        (MINIMAL.replace('name = "adalora"', 'name = "dora"'), r"method name must be one of \['adalora', 'lora'\]"),
+        (MINIMAL.replace('name = "adalora"', 'name = "dora"'), r"method name must be one of \['adalora', 'lora', 'routed_adalora', 'routed_lora', 'memvp'\]"),
+        (MINIMAL + 'routing = "concat"\n', r"\[\[methods\]\]\[0\]: routing must be one of \['multiply', 'add', 'matmul', 'matmul2'\]"),
         (MINIMAL + 'placement = ["paper_all", "paper_all"]\n', r"the same variant appears twice"),
         (MINIMAL + "final_fraction = 0.95\nwarmup_fraction = 0.1\n", r"warmup_fraction \+ final_fraction < 1"),
         (MINIMAL.replace("[[methods]]\nname = \"adalora\"\n", ""), r"give at least one \[\[methods\]\] entry"),
@@ -70,3 +77,9 @@ def test_bad_configs_name_file_and_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_runner_routing_variants_are_the_routing_modules():
+    from vl_methods.routing.config import VARIANTS
+
+    assert ROUTING_VARIANTS == VARIANTS

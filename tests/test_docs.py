@@ -21,3 +21,13 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     assert "make demo" in first_block and "make test" in first_block
     ci = (README.parent / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci
+
+
+def test_every_benchmark_script_is_documented_and_every_documented_one_exists():
+    root = README.parent
+    helpers = {"models.py"}  # shared model builders, not a benchmark
+    scripts = {p.name for p in (root / "perf").glob("*.py")} - helpers
+    for doc in (README, root / "docs" / "performance.md"):
+        mentioned = set(re.findall(r"perf/(\w+\.py)", doc.read_text())) - helpers
+        assert mentioned <= scripts, (doc.name, mentioned - scripts)
+        assert scripts <= mentioned, (doc.name, scripts - mentioned)

@@ -49,6 +49,21 @@ def test_adalora_trains_one_singular_value_per_rank_and_module():
     assert len(table) == 8 * 4 * 2
 
 
+def test_routed_adapters_train_what_plain_ones_train_and_memvp_has_one_row_per_preset():
+    methods = ("lora", "adalora", "routed_lora", "routed_adalora", "memvp")
+    table = parameter_table(["instructblip-flan-t5-xl", "instructblip-vicuna-7b"], methods=methods)
+    by_method = {m: table[table.method == m].set_index(["preset", "placement", "rank"]).trainable for m in methods[:4]}
+    assert by_method["routed_lora"].equals(by_method["lora"]) and by_method["routed_adalora"].equals(by_method["adalora"])
+    memvp = table[table.method == "memvp"].set_index("preset")
+    assert memvp["rank"].isna().all() and set(memvp.placement) == {"llm_ffn_memory"}
+    # Projector 768 -> 128 -> d with biases, then P_k and P_v of 40 rows each (MemVP's defaults).
+    for preset, d, ffn_blocks in [("instructblip-flan-t5-xl", 2048, 48), ("instructblip-vicuna-7b", 4096, 32)]:
+        assert memvp.loc[preset, "trainable"] == 768 * 128 + 128 + 128 * d + d + 2 * 40 * d
+        assert memvp.loc[preset, "modules"] == ffn_blocks
+    line = next(line for line in format_table(table).splitlines() if "memvp" in line)
+    assert [cell.strip() for cell in line.split("|")][3:5] == ["memvp", "-"]
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_meta_build_holds_every_shape_and_no_memory(name):
     model = build_on_meta(name)
