@@ -24,14 +24,15 @@ def _run(args: argparse.Namespace) -> int:
     from runner.config import load_config
     from runner.sweep import run_sweep
 
+    from .demo import metrics_table, quiet_library_output
+
     config = load_config(args.config)
     if args.out is not None:
         config = config.with_paths(out=args.out)
+    quiet_library_output()
     report = run_sweep(config, progress=not args.no_progress)
     print(report.summary())
     if report.finished or report.skipped:
-        from .demo import metrics_table
-
         print(metrics_table(config.out))
     return 0 if not report.failed else 1
 

@@ -38,12 +38,17 @@ def demo_config(
     return config
 
 
+def quiet_library_output() -> None:
+    """Silence transformers' per-run weight-loading bars and deprecation notes; the sweep and training bars stay."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def run_demo(out_dir: str | Path, config: SweepConfig) -> tuple[SweepReport, list[Path]]:
     """Run the demo sweep, then write every figure into ``OUT/figures`` (paths returned, ``index.md`` last)."""
     out_dir = Path(out_dir).resolve()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    hf_logging.disable_progress_bar()  # weight-loading bars; the sweep and training bars stay
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    quiet_library_output()
     report = run_sweep(config)
     return report, regenerate_figures(out_dir, out_dir / "figures")
 
