@@ -27,6 +27,7 @@ from .schema import (
     RESUMES_FIELD,
     RUN_META_FILE,
     SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
 )
 
 
@@ -100,7 +101,6 @@ def _check_filters(filters: Filters | None) -> None:
 
 
 _LABELS = pa.dictionary(pa.int32(), pa.string())
-_VERSION_KEY = b"qformer_budget.schema_version"  # RECORD_SCHEMA's metadata, written in every record file
 
 
 def _read_schema(columns: list[str], categorical: bool) -> pa.Schema:
@@ -120,7 +120,7 @@ def _read_record_file(
         file_schema = pq.read_schema(path)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise RecordError(f"{path}: not a readable Parquet record file ({exc})") from exc
-    version = (file_schema.metadata or {}).get(_VERSION_KEY)
+    version = (file_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is not None and version != str(SCHEMA_VERSION).encode():
         raise RecordError(
             f"{path}: schema_version {version.decode(errors='replace')}, "
@@ -173,18 +173,30 @@ def _part_index(part: Path) -> int:
         raise RecordError(f"{part}: not a record part (parts are named part-<number>.parquet)") from None
 
 
+def _compacted_counts(compacted: Path) -> tuple[int, int]:
+    """How many parts the compacted file absorbed and how many resumes were applied to it (0, 0 if none)."""
+    if not compacted.is_file():
+        return 0, 0
+    try:
+        metadata = pq.read_schema(compacted).metadata or {}
+        return int(metadata.get(COMPACTED_PARTS_KEY, 0)), int(metadata.get(RESUMES_APPLIED_KEY, 0))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise RecordError(f"{compacted}: not a readable Parquet record file ({exc})") from exc
+
+
+def next_part_number(run_dir: Path, meta: dict) -> int:
+    """The number a run's next record part gets: past every part written so far, compacted or not."""
+    first_part, _ = _compacted_counts(run_dir / RECORDS_FILE)
+    return max([first_part] + [f.part + 1 for f in record_files(run_dir, meta) if f.part is not None])
+
+
 def record_files(run_dir: Path, meta: dict) -> list[RecordFile]:
     """The record files of a run, in order: the compacted file of a closed run, then any parts not in it."""
     resumes = _resumes(meta, run_dir / RUN_META_FILE)
-    files, first_part = [], 0
+    files = []
     compacted = run_dir / RECORDS_FILE
+    first_part, applied = _compacted_counts(compacted)
     if compacted.is_file():
-        try:
-            metadata = pq.read_schema(compacted).metadata or {}
-            first_part = int(metadata.get(COMPACTED_PARTS_KEY, 0))
-            applied = int(metadata.get(RESUMES_APPLIED_KEY, 0))
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise RecordError(f"{compacted}: not a readable Parquet record file ({exc})") from exc
         files.append(RecordFile(compacted, None, _earliest(resumes[applied:])))
     parts_dir = run_dir / RECORDS_PARTS_DIR
     parts = sorted(parts_dir.glob("part-*.parquet"), key=lambda p: (_part_index(p), p.name)) if parts_dir.is_dir() else []

@@ -51,8 +51,9 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("threshold", pa.float64(), "mask threshold (kthvalue of all triplet scores); NaN if not a mask step"),
 )
 
+SCHEMA_VERSION_KEY = b"qformer_budget.schema_version"  # Parquet metadata of every record file
 RECORD_SCHEMA = pa.schema(
     [pa.field(name, dtype) for name, dtype, _ in COLUMNS],
-    metadata={"qformer_budget.schema_version": str(SCHEMA_VERSION)},
+    metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)},
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)

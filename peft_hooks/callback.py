@@ -62,7 +62,7 @@ class AdaLoraBudgetCallback(TrainerCallback):
             )
         resume_from_step = None
         if state.global_step > 0:  # train(resume_from_checkpoint=...) restored the Trainer's state
-            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            checkpoint = _checkpoint_dir(args, state)
             resume_from_step = load_budget_state(model, checkpoint)
             if resume_from_step != state.global_step:
                 raise ValueError(
@@ -81,9 +81,7 @@ class AdaLoraBudgetCallback(TrainerCallback):
         )
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self._untrimmed is not None:  # a save that never came: peft's final phase needs the pattern back
-            self._untrimmed.__exit__(None, None, None)
-            self._untrimmed = None
+        self._end_untrimmed_saves()  # a save that never came: peft's final phase needs the pattern back
         self.recorder.step(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -98,12 +96,15 @@ class AdaLoraBudgetCallback(TrainerCallback):
             self._untrimmed = untrimmed_adapter_saves(model)
             self._untrimmed.__enter__()
 
-    def on_save(self, args, state, control, model=None, **kwargs):
-        """Beside the Trainer's checkpoint, save what AdaLoRA needs to resume exactly (``peft_hooks.resume``)."""
+    def _end_untrimmed_saves(self) -> None:
         if self._untrimmed is not None:
             self._untrimmed.__exit__(None, None, None)
             self._untrimmed = None
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Beside the Trainer's checkpoint, save what AdaLoRA needs to resume exactly (``peft_hooks.resume``)."""
+        self._end_untrimmed_saves()
+        checkpoint = _checkpoint_dir(args, state)
         if args.should_save and checkpoint.is_dir():
             save_budget_state(model, checkpoint, state.global_step)
 
@@ -113,3 +114,8 @@ class AdaLoraBudgetCallback(TrainerCallback):
     def close(self, status: str = "finished") -> None:
         if self.recorder is not None:
             self.recorder.close(status)
+
+
+def _checkpoint_dir(args, state) -> Path:
+    """The folder the Trainer saves the checkpoint of the current step in."""
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"

@@ -31,7 +31,7 @@ from analysis.schema import SCHEMA_VERSION
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
 from .records import ModuleInfo, StepRecord
 from .sinks import ParquetSink, RecordSink
-from .setup import find_adalora_model
+from .setup import allocator_parameters, find_adalora_model
 
 
 def is_main_process() -> bool:
@@ -60,15 +60,18 @@ def adapted_modules(adalora: AdaLoraModel, adapter: str) -> tuple[ModuleInfo, ..
     return tuple(found)
 
 
-def triplet_scores(adalora: AdaLoraModel, modules: tuple[ModuleInfo, ...], adapter: str) -> torch.Tensor | None:
+def triplet_scores(
+    adalora: AdaLoraModel, modules: tuple[ModuleInfo, ...], adapter: str, scorer: DictTripletScores | None = None
+) -> torch.Tensor | None:
     """AdaLoRA's triplet score of every direction, ``(n_modules, init_r)``, as the allocator computes it for masking.
 
     None when the allocator holds no importance averages (before the first update, after they are cleared).
+    ``scorer`` (for peft's allocator) can be kept across calls to reuse its buffer.
     """
     allocator = adalora.rankallocator
     if isinstance(allocator, FastRankAllocator):
         return allocator.triplet_scores(modules)
-    return DictTripletScores(modules, adapter, adalora.peft_config[adapter].init_r)(allocator)
+    return (scorer or DictTripletScores(modules, adapter, adalora.peft_config[adapter].init_r))(allocator)
 
 
 def _kept_directions(
@@ -139,8 +142,7 @@ class BudgetRecorder:
             use_fast_allocator(adalora)
         adapter = adalora.trainable_adapter_name
         self._modules = adapted_modules(adalora, adapter)
-        # The parameters peft's update_ipt reads gradients from, with its own name filter.
-        self._lora_params = [(n, p) for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n]
+        self._lora_params = list(allocator_parameters(adalora).items())  # update_ipt reads their gradients
         config = adalora.peft_config[adapter]
         self._dict_scores = DictTripletScores(self._modules, adapter, config.init_r)
         if self.record_every is None:
@@ -203,10 +205,7 @@ class BudgetRecorder:
 
     def _triplet_scores(self, adalora: AdaLoraModel) -> torch.Tensor | None:
         """:func:`triplet_scores`, reusing this recorder's layout and buffer for peft's own allocator."""
-        allocator = adalora.rankallocator
-        if isinstance(allocator, FastRankAllocator):
-            return allocator.triplet_scores(self._modules)
-        return self._dict_scores(allocator)
+        return triplet_scores(adalora, self._modules, adalora.trainable_adapter_name, self._dict_scores)
 
     def _kept_directions(self, rank_pattern: dict[str, Any] | None, adapter: str, init_r: int) -> np.ndarray:
         """:func:`_kept_directions`, computed again only when peft assigned a new rank_pattern (it does on mask steps)."""

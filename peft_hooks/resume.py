@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .fast_allocator import FastRankAllocator
-from .setup import find_adalora_model
+from .setup import allocator_parameters, find_adalora_model
 
 BUDGET_STATE_FILE = "qformer_budget_state.safetensors"
 STATE_FORMAT = "qformer-budget-adalora-state/1"
@@ -35,12 +35,6 @@ CHECKED_SETTINGS = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "total_st
 
 class BudgetStateError(ValueError):
     """A budget state file that cannot resume this model; the message names the file."""
-
-
-def _adapter_parameters(adalora: AdaLoraModel) -> dict[str, torch.nn.Parameter]:
-    """The AdaLoRA parameters under the names peft's allocator uses for them."""
-    adapter = adalora.trainable_adapter_name
-    return {n: p for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n}
 
 
 def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, global_step: int) -> Path:
@@ -52,7 +46,7 @@ def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, glob
     adapter = adalora.trainable_adapter_name
     config = adalora.peft_config[adapter]
     allocator = adalora.rankallocator
-    tensors = {f"adapter/{n}": p.detach().to("cpu").contiguous().clone() for n, p in _adapter_parameters(adalora).items()}
+    tensors = {f"adapter/{n}": p.detach().to("cpu").contiguous().clone() for n, p in allocator_parameters(adalora).items()}
     for average in ("exp_avg_ipt", "exp_avg_unc"):
         tensors.update(
             (f"{average}/{n}", t.detach().to("cpu").contiguous().clone()) for n, t in getattr(allocator, average).items()
@@ -97,7 +91,7 @@ def load_budget_state(model: torch.nn.Module, directory: str | os.PathLike) -> i
             raise BudgetStateError(
                 f"{path}: saved with {key}={metadata.get(key)}, this model has {key}={getattr(config, key)}"
             )
-    parameters = _adapter_parameters(adalora)
+    parameters = allocator_parameters(adalora)
     saved = {name.removeprefix("adapter/"): t for name, t in tensors.items() if name.startswith("adapter/")}
     if saved.keys() != parameters.keys():
         difference = sorted(saved.keys() ^ parameters.keys())[0]

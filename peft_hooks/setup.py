@@ -196,6 +196,12 @@ def find_adalora_model(model: torch.nn.Module) -> AdaLoraModel:
     return seen
 
 
+def allocator_parameters(adalora: AdaLoraModel) -> dict[str, torch.nn.Parameter]:
+    """The AdaLoRA parameters peft's rank allocator reads, under its names and with its own name filter."""
+    adapter = adalora.trainable_adapter_name
+    return {n: p for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n}
+
+
 def save_adapter(model: AdaLoraPeftModel, path: str | os.PathLike) -> None:
     """peft's ``save_pretrained``, without its false alarm about AdaLoRA's rank-0 modules.
 

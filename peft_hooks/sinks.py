@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis.load import read_record_table, read_run_meta, record_files
+from analysis.load import next_part_number, read_record_table, read_run_meta
 from analysis.schema import COMPACTED_PARTS_KEY, RECORD_SCHEMA, RECORDS_FILE, RECORDS_PARTS_DIR
 from analysis.schema import RESUMES_APPLIED_KEY, RESUMES_FIELD, RUN_META_FILE
 
@@ -125,11 +125,7 @@ class ParquetSink(RecordSink):
                     f"{meta_file}: {key} was {previous.get(key)!r}, the resumed run has {now!r}; "
                     "resume into the run folder of the same run"
                 )
-        files = record_files(self.run_dir, previous)
-        compacted_parts = 0
-        if (self.run_dir / RECORDS_FILE).is_file():
-            compacted_parts = int(pq.read_schema(self.run_dir / RECORDS_FILE).metadata.get(COMPACTED_PARTS_KEY, 0))
-        self._parts_written = max([compacted_parts] + [f.part + 1 for f in files if f.part is not None])
+        self._parts_written = next_part_number(self.run_dir, previous)
         resumes = previous.get(RESUMES_FIELD, []) + [{"global_step": int(global_step), "first_part": self._parts_written}]
         self.parts_dir.mkdir(exist_ok=True)
         self._meta = previous | meta | {"status": "running", RESUMES_FIELD: resumes}

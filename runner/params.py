@@ -74,6 +74,9 @@ class Census:
     linears: tuple[LinearShape, ...]
     full_qformer: int
     total: int
+    qformer_hidden: int
+    lm_hidden: int
+    lm_ffn_blocks: int  # the FFN blocks MemVP puts its memory in
 
 
 @lru_cache(maxsize=None)
@@ -86,7 +89,11 @@ def census(preset: str) -> Census:
         if isinstance(module, nn.Linear)
     )
     total = sum(p.numel() for p in model.parameters())
-    return Census(preset, get_preset(preset).llm_family, linears, full_qformer_parameters(model), total)
+    return Census(
+        preset, get_preset(preset).llm_family, linears, full_qformer_parameters(model), total,
+        model.config.qformer_config.hidden_size, model.config.text_config.hidden_size,
+        len(find_ffns(model.language_model)),
+    )
 
 
 def full_qformer_parameters(model: BlipModel) -> int:
@@ -105,12 +112,8 @@ def adapter_parameters(in_features: int, out_features: int, rank: int, method: s
 
 def memvp_parameters(preset: str, config: MemVPConfig | None = None) -> tuple[int, int]:
     """MemVP's trainable parameters on ``preset`` (default config) and the number of LM FFN blocks it fills."""
-    model = build_on_meta(preset)
-    return (
-        memvp_trainable_parameters(config or MemVPConfig(), model.config.text_config.hidden_size,
-                                   model.config.qformer_config.hidden_size),
-        len(find_ffns(model.language_model)),
-    )
+    info = census(preset)
+    return memvp_trainable_parameters(config or MemVPConfig(), info.lm_hidden, info.qformer_hidden), info.lm_ffn_blocks
 
 
 def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
