@@ -11,6 +11,8 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -146,6 +148,15 @@ class AdaLoraPeftModel(PeftModel):
             return self.base_model(*args, **kwargs)
 
 
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Inside, random draws come from ``seed`` (if given); the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = None) -> AdaLoraPeftModel:
     """Wrap ``model`` with AdaLoRA on the Q-Former sublayers that ``setup`` chooses.
 
@@ -173,9 +184,7 @@ def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = 
             f"target regex {setup.regex!r} matches {len(outside)} Linear layers outside the Q-Former "
             f"(first: {outside[0]!r}); qformer-budget records Q-Former sublayers only"
         )
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         return AdaLoraPeftModel(model, setup.to_peft_config(), adapter_name=setup.adapter_name)
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from benchmarks.registry import BENCHMARKS
+from vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +52,6 @@ else:  # pragma: no cover - exercised only on Python 3.10
 EVAL_SPLITS = {"scienceqa": "test", "iconqa": "test", "flickr30k": "test", "vizwiz": "val"}  # VizWiz test has no answers
 METHOD_NAMES = ("adalora", "lora", "routed_adalora", "routed_lora", "memvp")
 ADALORA_METHODS = ("adalora", "routed_adalora")  # the methods whose budget is recorded
-ROUTING_VARIANTS = ("multiply", "add", "matmul", "matmul2")  # vl_methods.routing.config.VARIANTS
 
 
 class ConfigError(ValueError):
@@ -159,10 +159,15 @@ class MethodSpec:
         ``routed_lora-multiply-paper_all-r8`` or ``memvp``."""
         if self.name == "memvp":
             return "memvp"
-        routing = f"-{self.routing}" if self.name.startswith("routed_") else ""
+        routing = f"-{self.routing}" if self.routed else ""
         if self.name in ADALORA_METHODS:
             return f"{self.name}{routing}-{self.placement}-r{self.init_r}to{self.target_r}"
         return f"{self.name}{routing}-{self.placement}-r{self.rank}"
+
+    @property
+    def routed(self) -> bool:
+        """Whether a routing function mixes the image into this variant's bottleneck."""
+        return self.name.startswith("routed_")
 
     @property
     def records_budget(self) -> bool:

@@ -32,6 +32,7 @@ from peft_hooks.taxonomy import target_modules_regex
 from vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
 from vl_methods.memvp.layer import find_ffns
 
+from .config import ADALORA_METHODS, METHOD_NAMES
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
 
 # The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
@@ -46,9 +47,7 @@ PAPER_PLACEMENTS: tuple[str, ...] = (
     f"{QFORMER_ALL}+llm_all",
 )
 PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
-METHODS: tuple[str, ...] = ("lora", "adalora", "routed_lora", "routed_adalora", "memvp")
-# Routing adds no parameter: a routed adapter trains what the plain one on the same layers trains.
-_COUNTED_AS = {"routed_lora": "lora", "routed_adalora": "adalora"}
+METHODS = METHOD_NAMES  # routing adds no parameter: a routed adapter trains what the plain one trains
 MEMVP_PLACEMENT = "llm_ffn_memory"  # MemVP's row: visual memory in every FFN block of the LM, no rank
 TABLE_COLUMNS: tuple[str, ...] = (
     "preset", "placement", "method", "rank", "modules", "trainable",
@@ -107,7 +106,7 @@ def adapter_parameters(in_features: int, out_features: int, rank: int, method: s
     _check_method(method)
     if method == "memvp":
         raise ValueError("memvp puts no adapter on a Linear layer; count it with memvp_parameters(preset)")
-    return rank * (in_features + out_features + (_COUNTED_AS.get(method, method) == "adalora"))
+    return rank * (in_features + out_features + (method in ADALORA_METHODS))
 
 
 def memvp_parameters(preset: str, config: MemVPConfig | None = None) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from benchmarks import load_benchmark
 from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, TrainingPlan, add_adalora, load_adapter, save_adapter
 from peft_hooks.recorder import package_versions
 from peft_hooks.sinks import write_json_atomic
+from peft_hooks.setup import seeded
 from peft_hooks.taxonomy import target_modules_regex
 from vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, save_memvp
 from vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
@@ -90,7 +91,7 @@ def attach_adapter(model: torch.nn.Module, method: MethodSpec, plan: TrainingPla
     """
     if method.name == "memvp":
         return add_memvp(model, MemVPConfig(), seed=seed)
-    if method.name in ("adalora", "routed_adalora"):
+    if method.records_budget:
         setup = adalora_setup(method, plan)
         if method.name == "adalora":
             return add_adalora(model, setup, seed=seed)
@@ -99,8 +100,7 @@ def attach_adapter(model: torch.nn.Module, method: MethodSpec, plan: TrainingPla
                         target_modules=target_modules_regex(method.placement))
     if method.name == "routed_lora":
         return add_routed_lora(model, config, RoutingConfig(variant=method.routing), seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return get_peft_model(model, config)
 
 
@@ -108,7 +108,7 @@ def save_trained(model: torch.nn.Module, method: MethodSpec, folder: Path) -> No
     """Write what ``method`` trained into ``folder``, in the form :func:`load_trained` reads."""
     if method.name == "memvp":
         save_memvp(model, folder)
-    elif method.name.startswith("routed_"):
+    elif method.routed:
         save_routed(model, folder)
     else:
         save_adapter(model, folder)
@@ -118,7 +118,7 @@ def load_trained(base: torch.nn.Module, method: MethodSpec, folder: Path) -> tor
     """``base`` with what :func:`save_trained` wrote into ``folder`` put back."""
     if method.name == "memvp":
         return load_memvp(base, folder)
-    if method.name.startswith("routed_"):
+    if method.routed:
         return load_routed(base, folder)
     return load_adapter(base, folder)
 

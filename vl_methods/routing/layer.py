@@ -117,6 +117,11 @@ class _Routed:
     routing_name: str
     routing_peft_config: dict
 
+    def _routed_adapters(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor | None]:
+        """The active adapters this layer holds, and ``x_R`` for ``x``'s batch (read only if there is one)."""
+        adapters = [adapter for adapter in self.active_adapters if adapter in self.lora_A.keys()]
+        return adapters, (self._visual(x) if adapters else None)
+
     def _visual(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(
@@ -155,12 +160,8 @@ class RoutedLoraLinear(_Routed, lora.Linear):
         if self.disable_adapters:
             return result
         result_dtype = result.dtype
-        visual = None
-        for active_adapter in self.active_adapters:
-            if active_adapter not in self.lora_A.keys():
-                continue
-            if visual is None:
-                visual = self._visual(x)
+        adapters, visual = self._routed_adapters(x)
+        for active_adapter in adapters:
             lora_A = self.lora_A[active_adapter]
             lora_B = self.lora_B[active_adapter]
             dropout = self.lora_dropout[active_adapter]
@@ -175,10 +176,23 @@ class RoutedSVDLinear(_Routed, SVDLinear):
     """AdaLoRA's ``SVDLinear`` with ``y = W x + scaling * P (Lambda * route(Q x, Q x_R)) / (ranknum + 1e-5)``."""
 
     def _kept(self, adapter: str) -> torch.Tensor | None:
-        """The directions AdaLoRA kept (0/1, ``r``) for the matrix products; None when all count."""
+        """The directions AdaLoRA kept (0/1, ``r``) for the matrix products; None when all count.
+
+        Worked out again only when peft assigns a new ``rank_pattern`` (at mask steps and on saving) or
+        the adapter moves or is resized, not on every forward.
+        """
         if self.routing_variant in ("multiply", "add"):
             return None
         pattern = self.routing_peft_config[adapter].rank_pattern
+        lora_A = self.lora_A[adapter]
+        key = (lora_A.device, lora_A.dtype, lora_A.shape[0])
+        cached = self.routing_kept.get(adapter)
+        if cached is None or cached[0] is not pattern or cached[1] != key:
+            cached = (pattern, key, self._kept_from(pattern, adapter))
+            self.routing_kept[adapter] = cached
+        return cached[2]
+
+    def _kept_from(self, pattern: dict | None, adapter: str) -> torch.Tensor | None:
         if not pattern:  # before AdaLoRA's first mask
             return None
         # peft's save_pretrained renames the live keys (drops ``.{adapter}``): accept both forms.
@@ -203,12 +217,8 @@ class RoutedSVDLinear(_Routed, SVDLinear):
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
             return result
-        visual = None
-        for active_adapter in self.active_adapters:
-            if active_adapter not in self.lora_A.keys():
-                continue
-            if visual is None:
-                visual = self._visual(x)
+        adapters, visual = self._routed_adapters(x)
+        for active_adapter in adapters:
             lora_A = self.lora_A[active_adapter]
             lora_B = self.lora_B[active_adapter]
             lora_E = self.lora_E[active_adapter]
@@ -254,4 +264,5 @@ def make_routed(
     layer.routing_context = context
     layer.routing_name = name
     layer.routing_peft_config = peft_config
+    layer.routing_kept = {}  # adapter -> (rank_pattern, A's device, dtype and rank, kept directions)
     return layer

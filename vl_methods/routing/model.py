@@ -29,7 +29,7 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from torch.utils.hooks import RemovableHandle
 
-from peft_hooks.setup import AdaLoraPeftModel, AdaLoraSetup, add_adalora, load_adapter, save_adapter
+from peft_hooks.setup import AdaLoraPeftModel, AdaLoraSetup, add_adalora, load_adapter, save_adapter, seeded
 
 from .config import RoutingConfig
 from .layer import VisualContext, make_routed, routed_class
@@ -138,9 +138,7 @@ def add_routed_lora(
             f"the LoRA targets match {len(in_vision)} modules of the vision model (first: {in_vision[0]!r}); "
             "routing reads the image features the vision model computes, so it cannot adapt the vision model"
         )
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed):
         peft_model = get_peft_model(model, lora_config)
     install_routing(peft_model, routing)
     return peft_model
