@@ -22,7 +22,8 @@ from peft_hooks import AdaLoraSetup, FastRankAllocator, add_adalora, find_adalor
 from runner.collate import InstructBlipCollator
 from runner.tiny import load_tiny_processor
 
-from models import preset_model  # perf/models.py, next to this script
+from common import rotated  # perf/common.py and perf/models.py, next to this script
+from models import preset_model
 
 UPDATE_STEP = 6  # not a multiple of deltaT: averages only
 MASK_STEP = 10  # a multiple of deltaT after tinit: averages and a mask
@@ -56,7 +57,7 @@ def main() -> None:
         timings = {name: [] for name in allocators}
         names = list(allocators)
         for repeat in range(options.repeats + 2):  # the first two rounds warm up (first calls allocate)
-            for name in names[repeat % 2 :] + names[: repeat % 2]:
+            for name in rotated(names, repeat):
                 adalora.rankallocator = allocators[name]
                 started = time.perf_counter()
                 adalora.update_and_allocate(step)

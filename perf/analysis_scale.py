@@ -23,11 +23,8 @@ variant once; that process's wall time, interpreter start and imports included, 
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +35,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from analysis import block_share, find_runs, load_runs
-from analysis.synthetic_records import write_synthetic_runs
+
+from common import ensure_synthetic_runs, peak_rss_mib, record_rows, rotated, run_child  # perf/common.py
 
 PHASE = "budgeting"
 # What block_share needs, the structural flag (deepest layer, text FFN) included.
@@ -79,10 +77,6 @@ VARIANTS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
 }
 
 
-def record_rows(runs_dir: Path) -> int:
-    return sum(pq.ParquetFile(run / "records.parquet").metadata.num_rows for run in find_runs(runs_dir))
-
-
 def file_bytes(runs_dir: Path, name: str) -> int:
     return sum(path.stat().st_size for path in runs_dir.rglob(name))
 
@@ -110,28 +104,11 @@ def check_same_shares(subset_dir: Path) -> None:
         raise AssertionError("the baseline's block shares differ from ours: its time would mean nothing")
 
 
-def peak_rss_of_this_process_mib() -> float:
-    """``VmHWM`` from /proc; ``ru_maxrss`` would carry over the parent's peak across fork and exec."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux KiB; an upper bound
-
-
 def fresh_process(variant: str, data: dict[str, Path]) -> tuple[float, float]:
     """Peak resident memory (MiB) and wall time (s, with start-up and imports) of a fresh Python process
     running ``variant`` once."""
-    where = data[VARIANTS[variant][0]]
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--data", str(where)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(out.stdout.split()[-1]), time.perf_counter() - started
+    peak, wall = run_child(__file__, variant, "--data", str(data[VARIANTS[variant][0]]))
+    return float(peak), wall
 
 
 def main() -> None:
@@ -143,15 +120,12 @@ def main() -> None:
     options = parser.parse_args()
     if options.child:  # one variant in a fresh process, for its peak memory
         VARIANTS[options.child][1](options.data)
-        print(peak_rss_of_this_process_mib())
+        print(peak_rss_mib())
         return
 
     with tempfile.TemporaryDirectory() as scratch:
         full_dir = options.data or Path(scratch) / "full"
-        if not (full_dir.exists() and any(full_dir.rglob("run.json"))):
-            started = time.perf_counter()
-            runs = write_synthetic_runs(full_dir)
-            print(f"wrote {len(runs)} synthetic runs to {full_dir} in {time.perf_counter() - started:.1f} s")
+        ensure_synthetic_runs(full_dir)
         subset_dir = Path(scratch) / "subset"
         make_subset(full_dir, subset_dir, options.baseline_fraction)
         data = {"full": full_dir, "subset": subset_dir}
@@ -161,7 +135,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
         order = list(VARIANTS)
         for repeat in range(options.repeats):
-            for name in order[repeat % len(order) :] + order[: repeat % len(order)]:
+            for name in rotated(order, repeat):
                 started = time.perf_counter()
                 VARIANTS[name][1](data[VARIANTS[name][0]])
                 times[name].append(time.perf_counter() - started)

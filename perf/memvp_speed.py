@@ -156,13 +156,11 @@ def measure(options: argparse.Namespace, lm: str) -> None:
     train_inputs, generate_inputs = make_inputs(config, options.batch, options.prompt_tokens, options.target_tokens)
 
     def train_step(name: str) -> None:
-        models[name].train()
         models[name](**train_inputs).loss.backward()
         optimizers[name].step()
         optimizers[name].zero_grad(set_to_none=True)
 
     def generate(name: str) -> None:
-        models[name].eval()
         new = options.new_tokens
         models[name].generate(**generate_inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
 
@@ -171,6 +169,7 @@ def measure(options: argparse.Namespace, lm: str) -> None:
         order = VARIANTS[repeat % 2 :] + VARIANTS[: repeat % 2]
         for task, action in (("train", train_step), ("generate", generate)):
             for name in order:
+                models[name].train(task == "train")  # the variants share one base model: set its mode untimed
                 seconds = timed(lambda: action(name))
                 if repeat:
                     timings[task, name].append(seconds)

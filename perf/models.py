@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor, T5Config
 
+from peft_hooks.setup import seeded
 from runner.tiny import build_tiny_instructblip
 
 
@@ -24,8 +24,8 @@ def real_size_model(processor: InstructBlipProcessor) -> InstructBlipForConditio
                              num_decoder_layers=1, num_heads=4, decoder_start_token_id=tokenizer.pad_token_id).to_dict(),
         num_query_tokens=processor.num_query_tokens, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    torch.manual_seed(0)
-    return InstructBlipForConditionalGeneration(config)
+    with seeded(0):
+        return InstructBlipForConditionalGeneration(config)
 
 
 def preset_model(preset: str, processor: InstructBlipProcessor) -> InstructBlipForConditionalGeneration:

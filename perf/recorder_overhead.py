@@ -30,7 +30,8 @@ from peft_hooks import AdaLoraSetup, BudgetRecorder, add_adalora, find_adalora_m
 from runner.collate import InstructBlipCollator
 from runner.tiny import load_tiny_processor
 
-from models import preset_model  # perf/models.py, next to this script
+from common import rotated  # perf/common.py and perf/models.py, next to this script
+from models import preset_model
 
 VARIANTS = {  # name -> BudgetRecorder settings (None: peft's update_and_allocate alone)
     "peft alone": None,
@@ -63,8 +64,7 @@ def main() -> None:
 
     order = list(variants.values())
     for step in range(options.steps):
-        turn = step % len(order)
-        for v in order[turn:] + order[:turn]:  # rotate so no variant always runs first
+        for v in rotated(order, step):
             started = time.perf_counter()
             v["model"](**batch).loss.backward()
             v["optimizer"].step()

@@ -28,7 +28,7 @@ from analysis.metrics import (
     to_xarray,
 )
 from peft_hooks.taxonomy import sublayer_label
-from tests.fake_runs import SMALL_QFORMER, fake_modules, fake_record, write_fake_run
+from fake_runs import SMALL_QFORMER, fake_modules, fake_record, write_fake_run
 
 MODULES = SMALL_QFORMER
 INIT_R = 4

@@ -22,7 +22,7 @@ from analysis import (
 from analysis.schema import RESUMES_APPLIED_KEY
 from analysis.synthetic_records import qformer_modules, write_synthetic_runs
 from peft_hooks.taxonomy import parse_sublayer
-from tests.fake_runs import fake_modules, fake_record, write_fake_run
+from fake_runs import fake_modules, fake_record, write_fake_run
 
 BENCHMARKS = ("scienceqa", "flickr30k")
 SEEDS = 2

@@ -26,7 +26,7 @@ RANDOM_MOMENTS = 8
 def harness():
     process = subprocess.Popen(
         [sys.executable, str(HARNESS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        cwd=HARNESS.parent, env=None,
+        cwd=HARNESS.parent,
     )
 
     def run(request: dict) -> dict:
@@ -79,7 +79,7 @@ def test_sigkill_before_every_durable_step(harness, reference, tmp_path):
         assert answer["killed"], moment
         rows = _check_intact(run_dir, answer["flushed"])
         assert rows <= total_rows
-    assert _check_intact(run_dir, {}) == total_rows  # killed before rewriting run.json: every row is there
+    assert rows == total_rows  # the last kill came just before rewriting run.json: every row is there
 
 
 @pytest.mark.slow

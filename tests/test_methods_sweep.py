@@ -1,39 +1,20 @@
 """Routed LoRA, routed AdaLoRA and MemVP through the sweep runner: trained, saved, reloaded, evaluated, recorded."""
 
 import json
+import re
 
 import pytest
 
 from analysis import load_metrics, load_runs
-from runner.config import load_config
 from runner.params import adapter_parameters
 from runner.sweep import run_sweep
 from runner.tiny import load_tiny_checkpoint
 from runner.train import _sha256
 from peft_hooks.taxonomy import target_modules_regex
+from sweeps import sweep_config
 from vl_methods.memvp import MemVPConfig, memvp_trainable_parameters
 
-SWEEP = """
-[sweep]
-out = "{out}"
-benchmarks = ["iconqa"]
-seeds = [0]
-
-[model]
-preset = "tiny"
-
-[data]
-root = "{data}"
-synthetic = true
-max_train_examples = 32
-max_eval_examples = 8
-
-[training]
-epochs = 1
-batch_size = 8
-learning_rate = 5e-3
-max_new_tokens = 4
-
+METHODS = """
 [[methods]]
 name = "routed_adalora"
 routing = "multiply"
@@ -59,9 +40,7 @@ TAGS = ["routed_adalora-multiply-all_linear-r4to2", "routed_lora-add-self_attn_q
 @pytest.fixture(scope="module")
 def methods_sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("methods")
-    config_file = tmp_path / "methods.toml"
-    config_file.write_text(SWEEP.format(out=tmp_path / "runs", data=tmp_path / "data"))
-    report = run_sweep(load_config(config_file), progress=False)
+    report = run_sweep(sweep_config(tmp_path, METHODS, ["iconqa"], 32, 8), progress=False)
     return tmp_path / "runs" / "iconqa", report
 
 
@@ -91,8 +70,6 @@ def test_trainable_parameters_are_the_plain_methods_and_memvps_count(methods_swe
     linears = {name: m for name, m in model.named_modules() if type(m).__name__ == "Linear"}
 
     def lora_count(placement: str, rank: int, method: str) -> int:
-        import re
-
         pattern = re.compile(target_modules_regex(placement))
         return sum(adapter_parameters(m.in_features, m.out_features, rank, method)
                    for name, m in linears.items() if pattern.fullmatch(name))

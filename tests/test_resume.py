@@ -142,7 +142,7 @@ def _loop(run_dir, checkpoint_dir, start: int, stop: int, save_at: int | None, c
         recorder.close()
     else:  # killed: wait until the writer thread has flushed the steps, then abandon the recorder
         deadline = time.monotonic() + 60
-        while len(load_runs(run_dir)["step"].unique()) < stop:
+        while recorder.sinks[0]._steps_written < stop - start:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     return model
@@ -162,6 +162,7 @@ def test_loop_resume_reproduces_the_run(uninterrupted, tmp_path, stopped):
     checkpoint_dir.mkdir()
     with pytest.warns(RecordWarning) if stopped == "killed" else contextlib.nullcontext():
         _loop(run_dir, checkpoint_dir, 0, STOPPED_AT, save_at=CHECKPOINT_STEP, close=stopped == "closed")
+        load_runs(run_dir)  # the stopped session's records: a killed one never closed the run
     resumed = _loop(run_dir, checkpoint_dir, CHECKPOINT_STEP, SETUP.total_step, save_at=None, close=True)
     model, records = uninterrupted
     _assert_same_training(resumed, model)

@@ -4,31 +4,11 @@ import shutil
 import pytest
 
 from analysis import load_metrics, load_runs
-from runner.config import load_config
 from runner.sweep import run_sweep
 from runner.train import _sha256, read_status
+from sweeps import sweep_config
 
-SWEEP = """
-[sweep]
-out = "{out}"
-benchmarks = ["iconqa", "vizwiz"]
-seeds = [0]
-
-[model]
-preset = "tiny"
-
-[data]
-root = "{data}"
-synthetic = true
-max_train_examples = 48
-max_eval_examples = 12
-
-[training]
-epochs = 1
-batch_size = 8
-learning_rate = 5e-3
-max_new_tokens = 4
-
+METHODS = """
 [[methods]]
 name = "adalora"
 placement = "all_linear"
@@ -43,16 +23,14 @@ rank = 2
 """
 
 
-def sweep_config(tmp_path, out="runs", data="data"):
-    path = tmp_path / f"{out}.toml"
-    path.write_text(SWEEP.format(out=tmp_path / out, data=tmp_path / data))
-    return load_config(path)
+def runner_sweep(tmp_path, out="runs", data="data"):
+    return sweep_config(tmp_path, METHODS, ["iconqa", "vizwiz"], 48, 12, out=out, data=data)
 
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
-    config = sweep_config(tmp_path)
+    config = runner_sweep(tmp_path)
     return tmp_path, config, run_sweep(config, progress=False)
 
 
@@ -94,7 +72,7 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(finished_sweep):
     shutil.copytree(tmp_path / "data", broken_data)
     missing = sorted((broken_data / "vizwiz" / "train").iterdir())[0]
     missing.unlink()
-    config = sweep_config(tmp_path, out="runs-broken", data="broken-data")
+    config = runner_sweep(tmp_path, out="runs-broken", data="broken-data")
     report = run_sweep(config, progress=False)
     assert len(report.finished) == 2 and len(report.failed) == 2
     assert all("vizwiz" in str(path) and missing.name in error for path, error in report.failed.items())

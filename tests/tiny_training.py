@@ -2,14 +2,10 @@
 
 Both paths use the same data order (a fixed-order iterable), the same optimizer (fused AdamW,
 constant learning rate, no clipping) and the same seeded initialisation, so their records can be
-compared exactly. Run as a script to train into a folder (the SIGKILL test does).
+compared exactly.
 """
 
 from __future__ import annotations
-
-import argparse
-import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import IterableDataset
@@ -45,7 +41,7 @@ class FixedOrder(IterableDataset):
 
 
 def train_with_loop(
-    run_dir, setup: AdaLoraSetup, seed: int = 0, step_delay: float = 0.0, on_model=None, **recorder_kwargs
+    run_dir, setup: AdaLoraSetup, seed: int = 0, on_model=None, **recorder_kwargs
 ):
     """Train with a hand-written loop and BudgetRecorder; ``on_model(model)`` runs before training."""
     model, processor = tiny_adalora(setup, seed)
@@ -67,7 +63,6 @@ def train_with_loop(
             optimizer.zero_grad()
             if record is not None:
                 records.append(record)
-            time.sleep(step_delay)
     return model, records
 
 
@@ -90,12 +85,3 @@ def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, **callbac
     trainer.train()
     return model, trainer
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--record-every", type=int, default=1)
-    options = parser.parse_args()
-    train_with_loop(options.run_dir, tiny_setup(options.steps), step_delay=options.delay, record_every=options.record_every)
