@@ -20,10 +20,10 @@ demo: install
 	$(BIN)/qformer-budget demo --out $(DEMO_OUT)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache *.egg-info

@@ -7,32 +7,23 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .schema import (
-    COLUMN_NAMES,
-    COLUMNS,
-    COMPACTED_PARTS_KEY,
-    RECORD_SCHEMA,
-    RECORDS_FILE,
-    RECORDS_PARTS_DIR,
-    RESUMES_APPLIED_KEY,
-    RESUMES_FIELD,
-    RUN_META_FILE,
-    SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY,
+from qformer_budget.core.run_folder import (
+    Filters,
+    RecordError,
+    read_record_file,
+    read_run_meta,
+    read_schema,
+    record_files,
+    with_cutoff,
 )
-
-
-class RecordError(ValueError):
-    """A run folder or record file that cannot be read as budget records; the message names the file."""
+from qformer_budget.core.schema import COLUMN_NAMES, RECORDS_PARTS_DIR, RUN_META_FILE, STRING_COLUMNS
 
 
 class RecordWarning(UserWarning):
@@ -50,31 +41,6 @@ def find_runs(path: str | os.PathLike) -> list[Path]:
     if not runs:
         raise RecordError(f"{root} holds no run: no {RUN_META_FILE} at or below it")
     return runs
-
-
-def read_run_meta(run_dir: Path) -> dict:
-    meta_file = run_dir / RUN_META_FILE
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecordError(f"{meta_file}: not a readable run description ({exc})") from exc
-    if not isinstance(meta, dict) or "schema_version" not in meta:
-        raise RecordError(f"{meta_file}: missing field 'schema_version'; is this a qformer-budget run?")
-    if meta["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(
-            f"{meta_file}: schema_version {meta['schema_version']!r}, this qformer-budget reads version {SCHEMA_VERSION}"
-        )
-    return meta
-
-
-STRING_COLUMNS: tuple[str, ...] = (
-    "run",
-    *(name for name, dtype, _ in COLUMNS if dtype == pa.string()),
-    "status",
-)
-"""Columns holding labels: ``load_runs(..., categorical=True)`` gives them as pandas categoricals."""
-
-Filters = pc.Expression | Sequence[tuple] | Sequence[Sequence[tuple]]
 
 
 def _check_columns(columns: Sequence[str] | None) -> list[str]:
@@ -100,134 +66,6 @@ def _check_filters(filters: Filters | None) -> None:
         raise ValueError(f"filters on {unknown}: filters apply to the record columns {known}")
 
 
-_LABELS = pa.dictionary(pa.int32(), pa.string())
-
-
-def _read_schema(columns: list[str], categorical: bool) -> pa.Schema:
-    """The Arrow schema of the columns read: RECORD_SCHEMA's, labels dictionary-encoded if categorical."""
-    fields = [RECORD_SCHEMA.field(c) for c in columns]
-    if categorical:
-        fields = [f.with_type(_LABELS) if f.type == pa.string() else f for f in fields]
-    return pa.schema(fields)
-
-
-def _read_record_file(
-    path: Path, columns: list[str], filters: Filters | None = None, categorical: bool = False
-) -> pa.Table:
-    """``columns`` of one record file, rows matching ``filters``; any fault raises a RecordError naming it."""
-    # Damaged bytes surface as Arrow errors, OSError, or ValueError (a name that is no longer UTF-8).
-    try:
-        file_schema = pq.read_schema(path)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise RecordError(f"{path}: not a readable Parquet record file ({exc})") from exc
-    version = (file_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
-    if version is not None and version != str(SCHEMA_VERSION).encode():
-        raise RecordError(
-            f"{path}: schema_version {version.decode(errors='replace')}, "
-            f"this qformer-budget reads version {SCHEMA_VERSION}"
-        )
-    missing = [c for c in COLUMN_NAMES if c not in file_schema.names]
-    if missing:
-        raise RecordError(f"{path}: missing record columns {missing}")
-    labels = [c for c in columns if c in STRING_COLUMNS] if categorical else None
-    try:
-        table = pq.read_table(path, columns=columns, filters=filters, read_dictionary=labels)
-        table.validate(full=True)  # damaged values (labels past their dictionary) fail here, not in pandas
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        with_filters = "" if filters is None else f" with the filters {filters}"
-        raise RecordError(f"{path}: not a readable Parquet record file{with_filters} ({exc})") from exc
-    try:
-        return table.cast(_read_schema(columns, categorical))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise RecordError(f"{path}: record columns have the wrong types ({exc})") from exc
-
-
-@dataclass(frozen=True)
-class RecordFile:
-    """A record file of a run; rows from ``superseded_from`` on were replaced by a resumed session."""
-
-    path: Path
-    part: int | None  # None for the compacted file
-    superseded_from: int | None  # a global_step, or None when every row counts
-
-
-def _resumes(meta: dict, meta_file: Path) -> list[dict[str, int]]:
-    resumes = meta.get(RESUMES_FIELD, [])
-    valid = isinstance(resumes, list) and all(
-        isinstance(r, dict) and isinstance(r.get("global_step"), int) and isinstance(r.get("first_part"), int)
-        for r in resumes
-    )
-    if not valid:
-        raise RecordError(f"{meta_file}: field {RESUMES_FIELD!r} must be a list of {{global_step, first_part}} integers")
-    return resumes
-
-
-def _earliest(resumes: list[dict[str, int]]) -> int | None:
-    return min((r["global_step"] for r in resumes), default=None)
-
-
-def _part_index(part: Path) -> int:
-    try:
-        return int(part.name.removeprefix("part-").removesuffix(".parquet"))
-    except ValueError:
-        raise RecordError(f"{part}: not a record part (parts are named part-<number>.parquet)") from None
-
-
-def _compacted_counts(compacted: Path) -> tuple[int, int]:
-    """How many parts the compacted file absorbed and how many resumes were applied to it (0, 0 if none)."""
-    if not compacted.is_file():
-        return 0, 0
-    try:
-        metadata = pq.read_schema(compacted).metadata or {}
-        return int(metadata.get(COMPACTED_PARTS_KEY, 0)), int(metadata.get(RESUMES_APPLIED_KEY, 0))
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise RecordError(f"{compacted}: not a readable Parquet record file ({exc})") from exc
-
-
-def next_part_number(run_dir: Path, meta: dict) -> int:
-    """The number a run's next record part gets: past every part written so far, compacted or not."""
-    first_part, _ = _compacted_counts(run_dir / RECORDS_FILE)
-    return max([first_part] + [f.part + 1 for f in record_files(run_dir, meta) if f.part is not None])
-
-
-def record_files(run_dir: Path, meta: dict) -> list[RecordFile]:
-    """The record files of a run, in order: the compacted file of a closed run, then any parts not in it."""
-    resumes = _resumes(meta, run_dir / RUN_META_FILE)
-    files = []
-    compacted = run_dir / RECORDS_FILE
-    first_part, applied = _compacted_counts(compacted)
-    if compacted.is_file():
-        files.append(RecordFile(compacted, None, _earliest(resumes[applied:])))
-    parts_dir = run_dir / RECORDS_PARTS_DIR
-    parts = sorted(parts_dir.glob("part-*.parquet"), key=lambda p: (_part_index(p), p.name)) if parts_dir.is_dir() else []
-    for part in parts:
-        index = _part_index(part)
-        if index >= first_part:  # lower parts are already in the compacted file
-            files.append(RecordFile(part, index, _earliest([r for r in resumes if index < r["first_part"]])))
-    return files
-
-
-def _with_cutoff(filters: Filters | None, superseded_from: int | None) -> Filters | None:
-    if superseded_from is None:
-        return filters
-    cutoff = pc.field("global_step") < superseded_from
-    if filters is None:
-        return cutoff
-    return (filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters)) & cutoff
-
-
-def read_record_table(run_dir: Path, meta: dict) -> pa.Table:
-    """Every current row of a run's record files in ``RECORD_SCHEMA``, superseded rows left out.
-
-    Strict: any damaged file raises. The writer compacts a run with it.
-    """
-    tables = [
-        _read_record_file(f.path, list(COLUMN_NAMES), _with_cutoff(None, f.superseded_from))
-        for f in record_files(run_dir, meta)
-    ]
-    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
-
-
 def _constant_labels(value: str, n_rows: int) -> pa.DictionaryArray:
     """``value`` repeated ``n_rows`` times, stored once."""
     return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([value], pa.string()))
@@ -244,7 +82,7 @@ def _read_run_table(
     for record_file in files:
         try:
             tables.append(
-                _read_record_file(record_file.path, columns, _with_cutoff(filters, record_file.superseded_from), categorical)
+                read_record_file(record_file.path, columns, with_cutoff(filters, record_file.superseded_from), categorical)
             )
         except RecordError as exc:
             # A live run's newest part is the one a copy or a failing disk may have cut short; anything
@@ -252,7 +90,7 @@ def _read_run_table(
             if not (unclosed and record_file is files[-1] and record_file.part is not None):
                 raise
             dropped.append(f"{record_file.path.name} (unreadable: {exc.__cause__ or exc})")
-    table = pa.concat_tables(tables) if tables else _read_schema(columns, categorical).empty_table()
+    table = pa.concat_tables(tables) if tables else read_schema(columns, categorical).empty_table()
     if unclosed:
         parts_dir = run_dir / RECORDS_PARTS_DIR
         dropped += [f"{p.name} (being written when the process stopped)" for p in sorted(parts_dir.glob(".part-*"))]
@@ -310,7 +148,7 @@ def load_runs(
     """Load one run folder, or every run below a folder, into one tidy DataFrame.
 
     Columns: ``run``, the record schema (``benchmark, seed, step, module, layer, block, proj, rank,
-    init_r, score, budget`` and more, see ``analysis.schema.COLUMNS``) and ``status``.
+    init_r, score, budget`` and more, see ``qformer_budget.core.schema.COLUMNS``) and ``status``.
 
     For large record sets, read only what is needed:
 

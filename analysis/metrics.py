@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from peft_hooks.taxonomy import ATTENTION_PROJS, BLOCKS, FFN_PROJS
+from qformer_budget.core.adalora_rules import adapter_parameters
+from qformer_budget.core.grammar import ATTENTION_PROJS, FFN_PROJS, block_order, in_block_order, is_structural
 
-from .tables import last_recorded_step
 
 if TYPE_CHECKING:
     import xarray
@@ -47,12 +47,17 @@ _UNIT_KEYS: dict[str, tuple[str, ...]] = {
     "layer": ("layer",),
     "layer_block": ("layer", "block"),
 }
-_BLOCK_ORDER = {block: i for i, block in enumerate(BLOCKS)}
 _PROJ_ORDER: tuple[str, ...] = tuple(dict.fromkeys(ATTENTION_PROJS + FFN_PROJS))
 _STEP_KEYS = [*RUN_KEYS, "step"]
 
 
 # --- selection helpers ---
+
+
+def last_recorded_step(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last recorded step."""
+    last = records.groupby("run")["step"].transform("max")
+    return records[records["step"] == last]
 
 
 def select_step(records: pd.DataFrame, step: StepSelector = "final") -> pd.DataFrame:
@@ -75,7 +80,7 @@ def select_step(records: pd.DataFrame, step: StepSelector = "final") -> pd.DataF
 def _structural_mask(records: pd.DataFrame, last_layer: int | None = None) -> pd.Series:
     """True on the text FFN of the last layer (``last_layer``, default: each run's deepest recorded one)."""
     deepest = records.groupby("run")["layer"].transform("max") if last_layer is None else last_layer
-    return ((records["block"] == "ffn_text") & (records["layer"] == deepest)).astype(bool)
+    return is_structural(records["block"], records["layer"], deepest).astype(bool)
 
 
 def mark_structural(records: pd.DataFrame, last_layer: int | None = None) -> pd.DataFrame:
@@ -104,8 +109,7 @@ def _sort_key(column: pd.Series) -> pd.Series:
         codes = column.cat.codes.to_numpy()
         return pd.Series(np.where(codes >= 0, category_key[codes], np.nan), index=column.index)
     if column.name == "block":
-        unknown = sorted(set(column.dropna()) - set(_BLOCK_ORDER))
-        return column.map(_BLOCK_ORDER | {block: len(_BLOCK_ORDER) + i for i, block in enumerate(unknown)})
+        return column.map(block_order(column.dropna()))
     return column
 
 
@@ -171,8 +175,8 @@ def _unit_totals(
     rank = rows["rank"].to_numpy(dtype="float64")
     amount = rank
     if normalize == "parameter":
-        width = rows["in_features"].to_numpy(dtype="int64") + rows["out_features"].to_numpy(dtype="int64") + 1
-        amount = rank * width
+        in_features, out_features = (rows[c].to_numpy(dtype="int64") for c in ("in_features", "out_features"))
+        amount = adapter_parameters(in_features, out_features, rank, singular_values=True)
     n_units = len(first_rows)
     n_modules = np.bincount(unit_ids, minlength=n_units)
     unit_amount = np.bincount(unit_ids, weights=amount, minlength=n_units)
@@ -624,7 +628,7 @@ def run_summary(
     entropy = allocation_entropy(records, step="final", include_structural=include_structural)
     shares = block_share(records, "final", normalize, include_structural)
     settle = settle_step(records, tolerance, "block", normalize, include_structural)
-    blocks = _in_grammar_order(shares["block"], BLOCKS)
+    blocks = in_block_order(shares["block"])
     wide_shares = shares.pivot(index=list(RUN_KEYS), columns="block", values="share")[blocks]
     wide_settle = settle.pivot(index=list(RUN_KEYS), columns="block", values="settle_step")[blocks]
     out = (
@@ -657,6 +661,6 @@ def to_xarray(records: pd.DataFrame, value: str = "rank") -> xarray.DataArray:
         )
     cells = rows.astype({"layer": "int64", value: "float64"}).set_index(dims)[value]
     array = xr.DataArray.from_series(cells)
-    blocks = _in_grammar_order(rows["block"], BLOCKS)
+    blocks = in_block_order(rows["block"])
     projs = _in_grammar_order(rows["proj"], _PROJ_ORDER)
     return array.reindex(block=blocks, proj=projs)

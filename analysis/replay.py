@@ -16,6 +16,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from qformer_budget.core.adalora_rules import threshold_rank
+
 _NEEDED = ("run", "benchmark", "seed", "step", "phase", "mask_step", "module", "sublayer", "layer", "block",
            "proj", "init_r", "direction_scores", "budget")
 _OUT = ["run", "benchmark", "seed", "step", "module", "sublayer", "layer", "block", "proj", "init_r"]
@@ -75,7 +77,7 @@ def _replay_run(run: str, rows: pd.DataFrame, step: int | None, budget: int | No
             f"(init_r x {n_modules} modules); peft masks at least one direction, "
             "so pass a smaller budget or target_r"
         )
-    k = init_budget - total
+    k = threshold_rank(init_budget, total)
     # k-th smallest, 1-based like torch.kthvalue; float32 throughout, NaN sorts last as in torch.
     threshold = np.partition(scores, k - 1)[k - 1]
     kept = [~(s <= threshold) for s in per_module]  # peft's ~(score <= threshold): a NaN score is kept

@@ -15,7 +15,7 @@
 # # Where does AdaLoRA keep its budget in the Q-Former?
 #
 # This notebook loads recorded runs (by default the demo's, `make demo` writes them to `demo-out/`),
-# computes the importance metrics of `analysis.metrics` and draws the figures. Set the environment
+# computes the importance metrics of `qformer_budget.analysis` and draws the figures. Set the environment
 # variable `QFORMER_BUDGET_RUNS` to a folder of your own runs.
 
 # %%
@@ -25,21 +25,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis import (
+from qformer_budget.analysis import (
     allocation_correlation,
     block_share,
     bootstrap_block_share,
     compare_benchmarks,
     load_metrics,
     load_runs,
-    rank_heatmap_data,
     rank_pattern_for_lora,
     rank_trajectories,
     replay_allocation,
     run_summary,
     settle_step,
 )
-from analysis.plots import plot_rank_heatmap
+from qformer_budget.plotting.figure_data import rank_heatmap_data
+from qformer_budget.plotting.plots import plot_rank_heatmap
 
 RUNS = Path(os.environ.get("QFORMER_BUDGET_RUNS", "../demo-out"))
 records = load_runs(RUNS)

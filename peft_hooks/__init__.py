@@ -1,51 +1,68 @@
-"""The training side of qformer-budget: Q-Former sublayer taxonomy, AdaLoRA setup, budget recorder, sinks.
+"""The training side of qformer-budget: AdaLoRA setup, the budget recorder, the Trainer callback, the sinks.
 
-Names are imported on first use, so that ``peft_hooks.taxonomy`` (pure Python) can be used by
-``analysis`` without importing torch or peft.
+It imports the core (grammar, schema, run-folder format, AdaLoRA rules) and never the read side;
+matplotlib is loaded only when a live-view sink draws a heatmap.
 """
 
-from importlib import import_module
+from qformer_budget.core.grammar import (
+    BLOCK_PROJS,
+    BLOCKS,
+    PLACEMENTS,
+    Sublayer,
+    parse_sublayer,
+    qformer_sublayers,
+    resolve_placement,
+    sublayer_label,
+    target_modules_regex,
+)
 
-_EXPORTS = {
-    "AdaLoraBudgetCallback": "callback",
-    "AdaLoraPeftModel": "setup",
-    "AdaLoraSetup": "setup",
-    "TrainingPlan": "setup",
-    "add_adalora": "setup",
-    "find_adalora_model": "setup",
-    "save_adapter": "setup",
-    "load_adapter": "setup",
-    "FastRankAllocator": "fast_allocator",
-    "use_fast_allocator": "fast_allocator",
-    "BudgetRecorder": "recorder",
-    "is_main_process": "recorder",
-    "triplet_scores": "recorder",
-    "ModuleInfo": "records",
-    "StepRecord": "records",
-    "ParquetSink": "sinks",
-    "RecordSink": "sinks",
-    "LiveViewSink": "live",
-    "TensorBoardSink": "tensorboard",
-    "WandbSink": "tracking",
-    "MlflowSink": "tracking",
-    "BLOCKS": "taxonomy",
-    "BLOCK_PROJS": "taxonomy",
-    "PLACEMENTS": "taxonomy",
-    "Sublayer": "taxonomy",
-    "parse_sublayer": "taxonomy",
-    "qformer_sublayers": "taxonomy",
-    "resolve_placement": "taxonomy",
-    "sublayer_label": "taxonomy",
-    "target_modules_regex": "taxonomy",
-}
-__all__ = sorted(_EXPORTS)
+from .callback import AdaLoraBudgetCallback
+from .fast_allocator import FastRankAllocator, use_fast_allocator
+from .live import LiveViewSink
+from .recorder import BudgetRecorder, is_main_process, triplet_scores
+from qformer_budget.core.records import ModuleInfo, StepRecord
+from .setup import (
+    AdaLoraPeftModel,
+    AdaLoraSetup,
+    TrainingPlan,
+    add_adalora,
+    find_adalora_model,
+    load_adapter,
+    save_adapter,
+)
+from .sinks import ParquetSink, RecordSink
+from .tensorboard import TensorBoardSink
+from .tracking import MlflowSink, WandbSink
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "BLOCKS",
+    "BLOCK_PROJS",
+    "PLACEMENTS",
+    "AdaLoraBudgetCallback",
+    "AdaLoraPeftModel",
+    "AdaLoraSetup",
+    "BudgetRecorder",
+    "FastRankAllocator",
+    "LiveViewSink",
+    "MlflowSink",
+    "ModuleInfo",
+    "ParquetSink",
+    "RecordSink",
+    "StepRecord",
+    "Sublayer",
+    "TensorBoardSink",
+    "TrainingPlan",
+    "WandbSink",
+    "add_adalora",
+    "find_adalora_model",
+    "is_main_process",
+    "load_adapter",
+    "parse_sublayer",
+    "qformer_sublayers",
+    "resolve_placement",
+    "save_adapter",
+    "sublayer_label",
+    "target_modules_regex",
+    "triplet_scores",
+    "use_fast_allocator",
+]

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from peft.tuners.adalora import AdaLoraModel
-from peft.tuners.adalora import layer as adalora_layer
-from peft.tuners.adalora.layer import RankAllocator
 
-from .records import ModuleInfo
+from qformer_budget.core.adalora_rules import kept_directions, rank_pattern_keys, threshold_rank
+
+from .peft_internals import AVERAGES, RankAllocator, allocator_averages, allocator_takes, deepspeed_active
+from qformer_budget.core.records import ModuleInfo
 from .setup import find_adalora_model
 
 _ADAPTER_MATRICES = ("lora_A", "lora_E", "lora_B")
@@ -141,7 +142,8 @@ class DictTripletScores:
 
     def __call__(self, allocator: RankAllocator) -> torch.Tensor | None:
         """``(n_modules, r)`` scores in module order; None while the allocator holds no averages."""
-        averages, uncertainties = allocator.exp_avg_ipt, allocator.exp_avg_unc
+        held = allocator_averages(allocator)
+        averages, uncertainties = held["exp_avg_ipt"], held["exp_avg_unc"]
         if not averages:
             return None
         first = averages[self.keys[0]]
@@ -165,11 +167,9 @@ class FastRankAllocator(RankAllocator):
     peft's own and the averages live in peft's dicts.
     """
 
-    _AVERAGES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
-
     def __init__(self, model: torch.nn.Module, peft_config, adapter_name: str) -> None:
         super().__init__(model, peft_config, adapter_name)
-        self.falls_back_to_peft = adalora_layer.deepspeed_config() is not None
+        self.falls_back_to_peft = deepspeed_active()
         self._model = model
         triplets, self._peft_order = _adapter_triplets(model, adapter_name)
         ranks = {a.shape[0] for a, _, _ in triplets.values()}
@@ -185,7 +185,7 @@ class FastRankAllocator(RankAllocator):
         self._parameters = [param for triplet in triplets.values() for param in triplet]
         self._names = [f"{module}.{matrix}.{adapter_name}" for module in triplets for matrix in _ADAPTER_MATRICES]
         self._lora_e = self._parameters[1::3]
-        self._lora_e_names = [f"{module}.lora_E.{adapter_name}" for module in triplets]
+        self._lora_e_names = [rank_pattern_keys(module, adapter_name)[0] for module in triplets]
         self._dict_scores = DictTripletScores(self.modules, adapter_name, self.layout.rank)
 
     def reset_ipt(self) -> None:
@@ -199,10 +199,10 @@ class FastRankAllocator(RankAllocator):
             raise ValueError("FastRankAllocator needs all adapter parameters on one device with one dtype")
         self._flat = {
             name: torch.zeros(self.layout.numel, dtype=first.dtype, device=first.device)
-            for name in (*self._AVERAGES, "scratch")
+            for name in (*AVERAGES, "scratch")
         }
         self._one = torch.ones((), dtype=first.dtype, device=first.device)
-        for name in self._AVERAGES:
+        for name in AVERAGES:
             views = dict(zip(self._names, self.layout.matrix_views(self._flat[name])))
             setattr(self, name, {key: views[key] for key in self._peft_order})
         self._sensitivities = ElementwiseProducts(self.layout, self._flat["ipt"])
@@ -210,14 +210,15 @@ class FastRankAllocator(RankAllocator):
     def load_averages(self, allocator: RankAllocator) -> None:
         """Take over the averages another allocator (peft's) holds, so that it can be swapped in mid-run."""
         self.reset_ipt()
+        theirs = allocator_averages(allocator)
         if self.falls_back_to_peft:
-            for name in self._AVERAGES:
-                setattr(self, name, dict(getattr(allocator, name)))
-        elif allocator.exp_avg_ipt:
+            for name in AVERAGES:
+                setattr(self, name, dict(theirs[name]))
+        elif theirs["exp_avg_ipt"]:
             self._allocate_averages()
-            for name in self._AVERAGES:
-                ours, theirs = getattr(self, name), getattr(allocator, name)
-                torch._foreach_copy_(list(ours.values()), [theirs[key] for key in ours])
+            for name in AVERAGES:
+                ours = getattr(self, name)
+                torch._foreach_copy_(list(ours.values()), [theirs[name][key] for key in ours])
 
     def update_ipt(self, model: torch.nn.Module) -> None:
         """Update the sensitivity averages from ``p.grad`` with peft's formula, one flat op per term."""
@@ -263,7 +264,7 @@ class FastRankAllocator(RankAllocator):
             return super().mask_to_budget(model, budget)
         self._check_model(model)
         scores = self.triplet_scores()
-        threshold = torch.kthvalue(scores.reshape(-1), k=self.init_bgt - budget)[0].item()
+        threshold = torch.kthvalue(scores.reshape(-1), k=threshold_rank(self.init_bgt, budget))[0].item()
         dropped = scores <= threshold
         self._zero_lora_e(dropped)
         return dict(zip(self._lora_e_names, (~dropped).tolist()))
@@ -273,10 +274,8 @@ class FastRankAllocator(RankAllocator):
         if self.falls_back_to_peft:
             return super().mask_using_rank_pattern(model, rank_pattern)
         self._check_model(model)
-        names = self._lora_e_names
-        if self.adapter_name not in next(iter(rank_pattern)):  # keys renamed by save_pretrained
-            names = [name.replace(f".{self.adapter_name}", "") for name in names]
-        kept = torch.tensor([rank_pattern[name] for name in names], dtype=torch.bool, device=self._lora_e[0].device)
+        kept = kept_directions(rank_pattern, [m.module for m in self.modules], self.adapter_name, self.layout.rank)
+        kept = torch.from_numpy(kept).to(self._lora_e[0].device)
         self._zero_lora_e(~kept)
 
     def _zero_lora_e(self, dropped: torch.Tensor) -> None:
@@ -302,7 +301,7 @@ def _adapter_triplets(
     found: dict[str, dict[str, torch.Tensor]] = {}
     names = []
     for name, param in model.named_parameters():
-        if "lora_" not in name or adapter not in name:  # peft's filter in update_ipt
+        if not allocator_takes(name, adapter):
             continue
         module, matrix, owner = name.rsplit(".", 2)
         if owner != adapter or matrix not in _ADAPTER_MATRICES or param.dim() != 2:

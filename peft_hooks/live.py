@@ -12,17 +12,16 @@ Every live-view sink logs the same values under the same tags, at the 1-based st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from analysis.plots import plot_rank_heatmap
-from analysis.tables import rank_heatmap_data
-
-from .records import ModuleInfo, StepRecord
+from qformer_budget.core.records import ModuleInfo, StepRecord
 from .sinks import RecordSink
-from .taxonomy import BLOCKS
+from qformer_budget.core.grammar import BLOCKS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OTHER_BLOCK = "other"
 HEATMAP_TAG = "heatmap/rank"
@@ -105,7 +104,15 @@ class LiveViewSink(RecordSink):
         return values
 
     def heatmap(self, record: StepRecord) -> Figure:
-        """This step's rank heatmap on a pyplot-free Figure: no GUI backend, no global figure left open."""
+        """This step's rank heatmap on a pyplot-free Figure: no GUI backend, no global figure left open.
+
+        The plotting layer is loaded here, on the first drawing, so that recording never loads matplotlib.
+        """
+        from matplotlib.figure import Figure
+
+        from qformer_budget.plotting.figure_data import rank_heatmap_data
+        from qformer_budget.plotting.plots import plot_rank_heatmap
+
         frame = record.to_table().to_pandas()
         frame["run"] = self._title
         table = rank_heatmap_data(frame)

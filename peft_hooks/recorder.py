@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from peft.tuners.adalora import AdaLoraModel
-from peft.tuners.adalora.layer import AdaLoraLayer
 
-from analysis.schema import SCHEMA_VERSION
+from qformer_budget.core.adalora_rules import AdaLoraSchedule, kept_directions, threshold_rank
+from qformer_budget.core.schema import SCHEMA_VERSION
 
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
-from .records import ModuleInfo, StepRecord
+from .peft_internals import AdaLoraLayer
+from qformer_budget.core.records import ModuleInfo, StepRecord
 from .sinks import ParquetSink, RecordSink
 from .setup import allocator_parameters, find_adalora_model
 
@@ -72,26 +73,6 @@ def triplet_scores(
     if isinstance(allocator, FastRankAllocator):
         return allocator.triplet_scores(modules)
     return (scorer or DictTripletScores(modules, adapter, adalora.peft_config[adapter].init_r))(allocator)
-
-
-def _kept_directions(
-    rank_pattern: dict[str, Any] | None, modules: tuple[ModuleInfo, ...], adapter: str, init_r: int
-) -> np.ndarray:
-    """Directions kept per module from peft's rank_pattern; all kept before the first mask.
-
-    peft's ``save_pretrained`` renames the live keys (drops ``.{adapter}``), so both forms are accepted.
-    """
-    kept = np.ones((len(modules), init_r), dtype=bool)
-    if rank_pattern is None:
-        return kept
-    for i, info in enumerate(modules):
-        for key in (f"{info.module}.lora_E.{adapter}", f"{info.module}.lora_E"):
-            if key in rank_pattern:
-                kept[i] = np.asarray(rank_pattern[key], dtype=bool).reshape(-1)
-                break
-        else:
-            raise KeyError(f"peft's rank_pattern has no entry for adapted module {info.module!r}")
-    return kept
 
 
 class BudgetRecorder:
@@ -144,6 +125,7 @@ class BudgetRecorder:
         self._modules = adapted_modules(adalora, adapter)
         self._lora_params = list(allocator_parameters(adalora).items())  # update_ipt reads their gradients
         config = adalora.peft_config[adapter]
+        self._schedule = AdaLoraSchedule(config.total_step, config.tinit, config.tfinal, config.deltaT)
         self._dict_scores = DictTripletScores(self._modules, adapter, config.init_r)
         if self.record_every is None:
             self.record_every = config.deltaT
@@ -179,26 +161,22 @@ class BudgetRecorder:
         adalora = find_adalora_model(model)
         if self._modules is None:
             self._start(adalora)
-        adapter = adalora.trainable_adapter_name
-        config = adalora.peft_config[adapter]
-        final_mask_step = config.total_step - config.tfinal
-        if global_step < final_mask_step:
+        config = adalora.peft_config[adalora.trainable_adapter_name]
+        schedule = self._schedule
+        if global_step < schedule.final_mask_step:
             self._check_gradients()
 
-        due = (
-            global_step % self.record_every == 0
-            or global_step == final_mask_step
-            or global_step == config.total_step - 1
-            or (global_step < final_mask_step and adalora.rankallocator.budget_schedule(global_step)[1])
-        )
-        scores = self._triplet_scores(adalora) if due and global_step == final_mask_step else None
+        due = bool(schedule.is_recorded(global_step, self.record_every))
+        # peft masks the final time with the averages it holds, then clears them: read them before there.
+        final_mask = global_step == schedule.final_mask_step
+        scores = self._triplet_scores(adalora) if due and final_mask else None
         adalora.update_and_allocate(global_step)
         self._last_step = global_step
         if not due:
             return None
-        if global_step < final_mask_step:
+        if global_step < schedule.final_mask_step:
             scores = self._triplet_scores(adalora)
-        record = self._make_record(adalora, config, global_step, scores)
+        record = self._make_record(adalora, config, schedule, global_step, scores)
         for sink in self.sinks:
             sink.write(record)
         return record
@@ -208,32 +186,28 @@ class BudgetRecorder:
         return triplet_scores(adalora, self._modules, adalora.trainable_adapter_name, self._dict_scores)
 
     def _kept_directions(self, rank_pattern: dict[str, Any] | None, adapter: str, init_r: int) -> np.ndarray:
-        """:func:`_kept_directions`, computed again only when peft assigned a new rank_pattern (it does on mask steps)."""
+        """``kept_directions``, computed again only when peft assigned a new rank_pattern (it does on mask steps)."""
         if self._kept_for is None or self._kept_for[0] is not rank_pattern:
-            kept = _kept_directions(rank_pattern, self._modules, adapter, init_r)
+            kept = kept_directions(rank_pattern, [m.module for m in self._modules], adapter, init_r)
             kept.flags.writeable = False  # shared by the records of every step until the next mask
             self._kept_for = (rank_pattern, kept)
         return self._kept_for[1]
 
-    def _make_record(self, adalora: AdaLoraModel, config, global_step: int, scores: torch.Tensor | None) -> StepRecord:
+    def _make_record(
+        self, adalora: AdaLoraModel, config, schedule: AdaLoraSchedule, global_step: int, scores: torch.Tensor | None
+    ) -> StepRecord:
         allocator = adalora.rankallocator
-        final_mask_step = config.total_step - config.tfinal
-        budget, mask_ind = allocator.budget_schedule(global_step)
-        mask_step = global_step == final_mask_step or (global_step < final_mask_step and mask_ind)
+        budget, _ = allocator.budget_schedule(global_step)
+        mask_step = bool(schedule.is_mask_step(global_step))
         threshold = float("nan")
         if mask_step and scores is not None:
-            threshold = torch.kthvalue(scores.reshape(-1), k=allocator.init_bgt - budget)[0].item()
-        if global_step <= config.tinit:
-            phase = "warmup"
-        elif global_step <= final_mask_step:
-            phase = "budgeting"
-        else:
-            phase = "final"
+            k = threshold_rank(allocator.init_bgt, budget)
+            threshold = torch.kthvalue(scores.reshape(-1), k=k)[0].item()
         return StepRecord(
             benchmark=self.benchmark,
             seed=self.seed,
             global_step=global_step,
-            phase=phase,
+            phase=schedule.phase(global_step),
             mask_step=mask_step,
             budget=int(budget),
             threshold=threshold,
@@ -270,3 +244,4 @@ class BudgetRecorder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("failed" if exc_type is not None else "finished")
+

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .fast_allocator import FastRankAllocator
+from .peft_internals import AVERAGES, allocator_averages, set_allocator_averages
 from .setup import allocator_parameters, find_adalora_model
 
 BUDGET_STATE_FILE = "qformer_budget_state.safetensors"
@@ -45,11 +46,11 @@ def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, glob
     adalora = find_adalora_model(model)
     adapter = adalora.trainable_adapter_name
     config = adalora.peft_config[adapter]
-    allocator = adalora.rankallocator
+    averages = allocator_averages(adalora.rankallocator)
     tensors = {f"adapter/{n}": p.detach().to("cpu").contiguous().clone() for n, p in allocator_parameters(adalora).items()}
     for average in ("exp_avg_ipt", "exp_avg_unc"):
         tensors.update(
-            (f"{average}/{n}", t.detach().to("cpu").contiguous().clone()) for n, t in getattr(allocator, average).items()
+            (f"{average}/{n}", t.detach().to("cpu").contiguous().clone()) for n, t in averages[average].items()
         )
     for key, kept in (config.rank_pattern or {}).items():
         tensors[f"rank_pattern/{key}"] = torch.tensor(kept, dtype=torch.bool)
@@ -112,20 +113,19 @@ def load_budget_state(model: torch.nn.Module, directory: str | os.PathLike) -> i
 
 
 def _restore_allocator(adalora: AdaLoraModel, tensors: dict[str, torch.Tensor], parameters: dict) -> None:
-    saved = SimpleNamespace(ipt={}, exp_avg_ipt={}, exp_avg_unc={})
+    saved: dict[str, dict[str, torch.Tensor]] = {name: {} for name in AVERAGES}
     for name, parameter in parameters.items():
         if f"exp_avg_ipt/{name}" not in tensors:
             continue
         # peft restarts all three averages of a parameter missing from ``ipt``: fill it too.
-        saved.ipt[name] = torch.zeros_like(parameter)
-        saved.exp_avg_ipt[name] = tensors[f"exp_avg_ipt/{name}"].to(parameter.device)
-        saved.exp_avg_unc[name] = tensors[f"exp_avg_unc/{name}"].to(parameter.device)
+        saved["ipt"][name] = torch.zeros_like(parameter)
+        saved["exp_avg_ipt"][name] = tensors[f"exp_avg_ipt/{name}"].to(parameter.device)
+        saved["exp_avg_unc"][name] = tensors[f"exp_avg_unc/{name}"].to(parameter.device)
     allocator = adalora.rankallocator
     if isinstance(allocator, FastRankAllocator):
-        allocator.load_averages(saved)
+        allocator.load_averages(SimpleNamespace(**saved))
     else:
-        allocator.reset_ipt()
-        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = saved.ipt, saved.exp_avg_ipt, saved.exp_avg_unc
+        set_allocator_averages(allocator, saved)
 
 
 @contextmanager

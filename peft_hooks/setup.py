@@ -20,7 +20,14 @@ import torch
 from peft import AdaLoraConfig, PeftModel
 from peft.tuners.adalora import AdaLoraModel
 
-from .taxonomy import qformer_sublayers, resolve_placement, target_modules_regex
+from .peft_internals import (
+    EMPTY_TENSOR_SAVE_WARNING,
+    RANK_PATTERN_LOAD_WARNING,
+    allocator_takes,
+    peft_forward_hooks,
+)
+from qformer_budget.core.adalora_rules import AdaLoraSchedule, check_ranks
+from qformer_budget.core.grammar import qformer_sublayers, resolve_placement, target_modules_regex
 
 
 @dataclass
@@ -77,24 +84,8 @@ class AdaLoraSetup:
     adapter_name: str = "default"
 
     def __post_init__(self) -> None:
-        if self.total_step < 1:
-            raise ValueError(f"total_step must be >= 1, got {self.total_step}")
-        if self.tfinal < 1:
-            raise ValueError(
-                f"tfinal must be >= 1, got {self.tfinal}: with 0-based steps peft's final mask step "
-                "(total_step - tfinal) is never reached when tfinal is 0"
-            )
-        if self.tinit < 0:
-            raise ValueError(f"tinit must be >= 0, got {self.tinit}")
-        if self.tinit >= self.total_step - self.tfinal:
-            raise ValueError(
-                f"impossible AdaLoRA schedule: tinit ({self.tinit}) must be < total_step - tfinal "
-                f"({self.total_step} - {self.tfinal} = {self.total_step - self.tfinal}); there would be no budgeting phase"
-            )
-        if self.deltaT < 1:
-            raise ValueError(f"deltaT must be >= 1, got {self.deltaT}")
-        if not 0 <= self.target_r < self.init_r:
-            raise ValueError(f"need 0 <= target_r < init_r, got target_r={self.target_r}, init_r={self.init_r}")
+        AdaLoraSchedule(self.total_step, self.tinit, self.tfinal, self.deltaT)  # refuses schedules peft cannot finish
+        check_ranks(self.init_r, self.target_r)
         for name in ("beta1", "beta2"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -143,9 +134,8 @@ class AdaLoraPeftModel(PeftModel):
     """
 
     def forward(self, *args: Any, **kwargs: Any):
-        with self._enable_peft_forward_hooks(*args, **kwargs):
-            kwargs = {k: v for k, v in kwargs.items() if k not in self.special_peft_forward_args}
-            return self.base_model(*args, **kwargs)
+        with peft_forward_hooks(self, args, kwargs) as model_kwargs:
+            return self.base_model(*args, **model_kwargs)
 
 
 @contextmanager
@@ -208,7 +198,7 @@ def find_adalora_model(model: torch.nn.Module) -> AdaLoraModel:
 def allocator_parameters(adalora: AdaLoraModel) -> dict[str, torch.nn.Parameter]:
     """The AdaLoRA parameters peft's rank allocator reads, under its names and with its own name filter."""
     adapter = adalora.trainable_adapter_name
-    return {n: p for n, p in adalora.model.named_parameters() if "lora_" in n and adapter in n}
+    return {n: p for n, p in adalora.model.named_parameters() if allocator_takes(n, adapter)}
 
 
 def save_adapter(model: AdaLoraPeftModel, path: str | os.PathLike) -> None:
@@ -218,7 +208,7 @@ def save_adapter(model: AdaLoraPeftModel, path: str | os.PathLike) -> None:
     purpose; peft's save check mistakes them for unsharded DeepSpeed/FSDP tensors and warns.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        warnings.filterwarnings("ignore", message=EMPTY_TENSOR_SAVE_WARNING)
         model.save_pretrained(str(path))
 
 
@@ -229,5 +219,5 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
     match no module, because its LoRA-level check expects module names; the warning is silenced.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match any targeted module")
+        warnings.filterwarnings("ignore", message=RANK_PATTERN_LOAD_WARNING)
         return PeftModel.from_pretrained(base_model, str(path))

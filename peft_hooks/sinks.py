@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -29,13 +28,20 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from analysis.load import next_part_number, read_record_table, read_run_meta
-from analysis.schema import COMPACTED_PARTS_KEY, RECORD_SCHEMA, RECORDS_FILE, RECORDS_PARTS_DIR
-from analysis.schema import RESUMES_APPLIED_KEY, RESUMES_FIELD, RUN_META_FILE
+from qformer_budget.core.atomic import write_parquet_atomic
+from qformer_budget.core.run_folder import (
+    compact,
+    holds_records,
+    next_part_number,
+    part_path,
+    read_run_meta,
+    with_resume,
+    write_run_meta,
+)
+from qformer_budget.core.schema import RECORDS_PARTS_DIR, RUN_META_FILE
 
-from .records import StepRecord
+from qformer_budget.core.records import StepRecord
 
 
 class RecordSink:
@@ -53,26 +59,6 @@ class RecordSink:
     def resume(self, meta: dict[str, Any], global_step: int) -> None:
         """Continue a run resumed at ``global_step`` (0-based); by default simply start again."""
         self.start(meta)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 _STOP = object()
@@ -93,7 +79,7 @@ class ParquetSink(RecordSink):
 
     def start(self, meta: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (self.run_dir / RECORDS_FILE).exists() or (self.parts_dir.exists() and any(self.parts_dir.iterdir())):
+        if holds_records(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds budget records; give each run its own folder "
                 "(or remove the old records) so that nothing recorded is overwritten; to continue a stopped run, "
@@ -101,7 +87,7 @@ class ParquetSink(RecordSink):
             )
         self.parts_dir.mkdir(exist_ok=True)
         self._meta = dict(meta, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)
+        write_run_meta(self.run_dir, self._meta)
         self._start_writer()
 
     def _start_writer(self) -> None:
@@ -126,10 +112,9 @@ class ParquetSink(RecordSink):
                     "resume into the run folder of the same run"
                 )
         self._parts_written = next_part_number(self.run_dir, previous)
-        resumes = previous.get(RESUMES_FIELD, []) + [{"global_step": int(global_step), "first_part": self._parts_written}]
         self.parts_dir.mkdir(exist_ok=True)
-        self._meta = previous | meta | {"status": "running", RESUMES_FIELD: resumes}
-        write_json_atomic(meta_file, self._meta)
+        self._meta = with_resume(previous | meta | {"status": "running"}, global_step, self._parts_written)
+        write_run_meta(self.run_dir, self._meta)
         self._start_writer()
 
     def write(self, record: StepRecord) -> None:
@@ -150,7 +135,7 @@ class ParquetSink(RecordSink):
             if records and self._error is None:
                 try:
                     table = pa.concat_tables([r.to_table() for r in records])
-                    _write_parquet_atomic(table, self.parts_dir / f"part-{self._parts_written:06d}.parquet")
+                    write_parquet_atomic(table, part_path(self.run_dir, self._parts_written))
                     self._parts_written += 1
                     self._steps_written += len(records)
                 except BaseException as exc:  # reported on the training thread by write/close
@@ -170,17 +155,10 @@ class ParquetSink(RecordSink):
         self._thread.join()
         self._thread = None
         self._raise_writer_error()
-        table = read_record_table(self.run_dir, self._meta)
-        if table.num_rows:
-            metadata = RECORD_SCHEMA.metadata | {
-                COMPACTED_PARTS_KEY: str(self._parts_written).encode(),
-                RESUMES_APPLIED_KEY: str(len(self._meta.get(RESUMES_FIELD, []))).encode(),
-            }
-            _write_parquet_atomic(table.replace_schema_metadata(metadata), self.run_dir / RECORDS_FILE)
-        shutil.rmtree(self.parts_dir)
+        table = compact(self.run_dir, self._meta, self._parts_written)
         self._meta.update(
             status=status,
             recorded_steps=len(pc.unique(table["global_step"])),
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-        write_json_atomic(self.run_dir / RUN_META_FILE, self._meta)
+        write_run_meta(self.run_dir, self._meta)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from .live import LiveViewSink, missing_extra
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _summary_writer_class():

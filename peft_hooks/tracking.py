@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from .live import LiveViewSink, missing_extra
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ALLOCATION_STEP = "allocation_step"
 TAG_PREFIXES = ("budget", "rank", "share", "score", "heatmap")

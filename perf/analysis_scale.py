@@ -1,6 +1,6 @@
 """Loading and aggregating a large record set against a plain JSON-lines + pandas baseline, side by side.
 
-The record set is the study's scale (``analysis.synthetic_records``: 4 benchmarks x 5 seeds x 20,000
+The record set is the study's scale (``qformer_budget.benchmarks.synthetic_records``: 4 benchmarks x 5 seeds x 20,000
 steps x 120 modules, recorded every 10 steps, about 4.8 million rows). The task, timed end to end:
 load the records, keep the budgeting phase, and compute the block shares of every run and step.
 
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from analysis import block_share, find_runs, load_runs
+from qformer_budget.analysis import block_share, find_runs, load_runs
 
 from common import ensure_synthetic_runs, peak_rss_mib, record_rows, rotated, run_child  # perf/common.py
 

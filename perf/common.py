@@ -12,8 +12,8 @@ from typing import TypeVar
 
 import pyarrow.parquet as pq
 
-from analysis import find_runs
-from analysis.synthetic_records import write_synthetic_runs
+from qformer_budget.analysis import find_runs
+from qformer_budget.benchmarks.synthetic_records import write_synthetic_runs
 
 T = TypeVar("T")
 

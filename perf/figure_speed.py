@@ -1,6 +1,6 @@
 """Regenerating every figure (``regenerate_figures``) at the demo's size and at the study's size, side by side.
 
-Two synthetic record sets (``analysis.synthetic_records``) laid out as the runner lays out runs:
+Two synthetic record sets (``qformer_budget.benchmarks.synthetic_records``) laid out as the runner lays out runs:
 
 - demo: 4 benchmarks x 2 seeds x 240 steps, recorded every 5 steps (the demo's schedule);
 - study: 4 benchmarks x 5 seeds x 20,000 steps, recorded every 10 steps (about 4.8 million rows).
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis import find_runs, load_runs
-from analysis.figures import FIGURE_COLUMNS, regenerate_figures
+from qformer_budget.analysis import find_runs, load_runs
+from qformer_budget.plotting.figures import FIGURE_COLUMNS, regenerate_figures
 
 from common import ensure_synthetic_runs, peak_rss_mib, record_rows, rotated, run_child  # perf/common.py
 

@@ -48,9 +48,9 @@ from transformers import (
     LlamaConfig,
 )
 
-from runner.presets import instructblip_flan_t5_xl_config, instructblip_vicuna_7b_config
-from runner.tiny import load_tiny_processor, tiny_config
-from vl_methods.memvp import MemVPConfig, add_memvp
+from qformer_budget.runner.presets import instructblip_flan_t5_xl_config, instructblip_vicuna_7b_config
+from qformer_budget.runner.tiny import load_tiny_processor, tiny_config
+from qformer_budget.vl_methods.memvp import MemVPConfig, add_memvp
 
 VARIANTS = ("prompt", "memvp")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor, T5Config
 
-from peft_hooks.setup import seeded
-from runner.tiny import build_tiny_instructblip
+from qformer_budget.peft_hooks.setup import seeded
+from qformer_budget.runner.tiny import build_tiny_instructblip
 
 
 def real_size_model(processor: InstructBlipProcessor) -> InstructBlipForConditionalGeneration:

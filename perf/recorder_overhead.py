@@ -25,10 +25,10 @@ import time
 
 import torch
 
-from benchmarks.synthetic_vqa import generate_examples
-from peft_hooks import AdaLoraSetup, BudgetRecorder, add_adalora, find_adalora_model
-from runner.collate import InstructBlipCollator
-from runner.tiny import load_tiny_processor
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.peft_hooks import AdaLoraSetup, BudgetRecorder, add_adalora, find_adalora_model
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.runner.tiny import load_tiny_processor
 
 from common import rotated  # perf/common.py and perf/models.py, next to this script
 from models import preset_model

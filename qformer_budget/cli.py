@@ -21,8 +21,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runner.config import load_config
-    from runner.sweep import run_sweep
+    from qformer_budget.runner.config import load_config
+    from qformer_budget.runner.sweep import run_sweep
 
     from .demo import metrics_table, quiet_library_output
 
@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from runner.params import format_table, parameter_table
+    from qformer_budget.runner.params import format_table, parameter_table
 
     table = parameter_table(args.presets, ranks=tuple(args.ranks), methods=tuple(args.methods))
     print(format_table(table))
@@ -48,7 +48,7 @@ def _params(args: argparse.Namespace) -> int:
 def _figures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.figures import regenerate_figures
+    from qformer_budget.plotting.figures import regenerate_figures
 
     out = Path(args.out) if args.out is not None else Path(args.runs_dir) / "figures"
     paths = regenerate_figures(args.runs_dir, out, method=args.method)

@@ -1,7 +1,7 @@
 """The offline demo: the sweep of ``runner/configs/demo.toml`` on the four synthetic benchmarks.
 
 AdaLoRA on all 120 Q-Former Linear layers of the tiny InstructBLIP, two seeds per benchmark;
-then every figure of ``analysis.figures.regenerate_figures`` (the final-rank heatmap of each benchmark is
+then every figure of ``qformer_budget.plotting.figures.regenerate_figures`` (the final-rank heatmap of each benchmark is
 ``rank_heatmap_<benchmark>.png``). Layout: ``OUT/<benchmark>/<method>/seed<k>/`` per run,
 ``OUT/data/`` for the generated benchmarks, ``OUT/figures/`` for the figures and their ``index.md``.
 """
@@ -16,12 +16,11 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from analysis import load_metrics
-from analysis.figures import regenerate_figures
-from runner.config import SweepConfig, load_config
-from runner.sweep import SweepReport, run_sweep
+from qformer_budget.analysis import load_metrics
+from qformer_budget.runner.config import SweepConfig, load_config
+from qformer_budget.runner.sweep import SweepReport, run_sweep
 
-DEMO_CONFIG = files("runner") / "configs" / "demo.toml"
+DEMO_CONFIG = files("qformer_budget.runner") / "configs" / "demo.toml"
 
 
 def demo_config(
@@ -47,6 +46,8 @@ def quiet_library_output() -> None:
 
 def run_demo(out_dir: str | Path, config: SweepConfig) -> tuple[SweepReport, list[Path]]:
     """Run the demo sweep, then write every figure into ``OUT/figures`` (paths returned, ``index.md`` last)."""
+    from qformer_budget.plotting.figures import regenerate_figures  # the plotting leaf, loaded when drawing
+
     out_dir = Path(out_dir).resolve()
     quiet_library_output()
     report = run_sweep(config)

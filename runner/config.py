@@ -41,8 +41,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from benchmarks.registry import BENCHMARKS
-from vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
+from qformer_budget.benchmarks.registry import BENCHMARKS
+from qformer_budget.core.adalora_rules import FINAL_FRACTION, WARMUP_FRACTION
+from qformer_budget.vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -133,8 +134,8 @@ class MethodSpec:
     rank: int = 8
     init_r: int = 12
     target_r: int = 4
-    warmup_fraction: float = 0.1
-    final_fraction: float = 0.2
+    warmup_fraction: float = WARMUP_FRACTION
+    final_fraction: float = FINAL_FRACTION
     deltaT: int = 10
     lora_alpha: float = 8.0
     record_every: int | None = None

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.metrics import caption_scores, multiple_choice_accuracy, vizwiz_accuracy
+from qformer_budget.benchmarks.metrics import caption_scores, multiple_choice_accuracy, vizwiz_accuracy
 
 from .collate import IGNORE_INDEX, InstructBlipCollator
 

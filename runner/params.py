@@ -6,7 +6,7 @@ and a placement is summed up by its parameters per unit of rank.
 
 Placements (Kim et al. 2024; their code, AttentionX/InstructBLIP_PEFT):
 
-- Q-Former: any placement of :data:`peft_hooks.taxonomy.PLACEMENTS`, the paper's being ``self_attn_qv``,
+- Q-Former: any placement of :data:`qformer_budget.core.grammar.PLACEMENTS`, the paper's being ``self_attn_qv``,
   ``cross_attn_qkvo``, ``ffn_text_query`` and ``paper_all`` (``qformer_all`` is another name for it);
 - LLM: ``llm_attn``, ``llm_ffn``, ``llm_all`` with the paper's ``target_modules`` (:data:`LLM_TARGETS`),
   matched as peft matches a list (module name ending in ``.<target>``), inside the language model only;
@@ -26,11 +26,12 @@ from functools import lru_cache
 import pandas as pd
 from torch import nn
 
-from peft_hooks.taxonomy import PLACEMENTS as QFORMER_PLACEMENTS
-from peft_hooks.taxonomy import target_modules_regex
+from qformer_budget.core.adalora_rules import adapter_parameters as core_adapter_parameters
+from qformer_budget.core.grammar import PLACEMENTS as QFORMER_PLACEMENTS
+from qformer_budget.core.grammar import target_modules_regex
 
-from vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
-from vl_methods.memvp.layer import find_ffns
+from qformer_budget.vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
+from qformer_budget.vl_methods.memvp.layer import find_ffns
 
 from .config import ADALORA_METHODS, METHOD_NAMES
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
@@ -106,7 +107,7 @@ def adapter_parameters(in_features: int, out_features: int, rank: int, method: s
     _check_method(method)
     if method == "memvp":
         raise ValueError("memvp puts no adapter on a Linear layer; count it with memvp_parameters(preset)")
-    return rank * (in_features + out_features + (method in ADALORA_METHODS))
+    return core_adapter_parameters(in_features, out_features, rank, singular_values=method in ADALORA_METHODS)
 
 
 def memvp_parameters(preset: str, config: MemVPConfig | None = None) -> tuple[int, int]:

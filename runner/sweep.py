@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from benchmarks.synthetic import write_synthetic
+from qformer_budget.benchmarks.synthetic import write_synthetic
 
 from .config import RunSpec, SweepConfig
 from .train import read_status, train_run

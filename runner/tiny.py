@@ -35,10 +35,10 @@ from transformers import (
 )
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-from benchmarks import load_benchmark
-from benchmarks.synthetic import synthetic_corpus, write_synthetic
+from qformer_budget.benchmarks import load_benchmark
+from qformer_budget.benchmarks.synthetic import synthetic_corpus, write_synthetic
 
-from benchmarks.synthetic_vqa import STYLES, generate_examples, vocabulary_corpus
+from qformer_budget.benchmarks.synthetic_vqa import STYLES, generate_examples, vocabulary_corpus
 
 from .collate import InstructBlipCollator
 from .presets import load_checkpoint

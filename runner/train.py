@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from benchmarks import load_benchmark
-from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, TrainingPlan, add_adalora, load_adapter, save_adapter
-from peft_hooks.recorder import package_versions
-from peft_hooks.sinks import write_json_atomic
-from peft_hooks.setup import seeded
-from peft_hooks.taxonomy import target_modules_regex
-from vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, save_memvp
-from vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
+from qformer_budget.benchmarks import load_benchmark
+from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, TrainingPlan, add_adalora, load_adapter, save_adapter
+from qformer_budget.peft_hooks.recorder import package_versions
+from qformer_budget.core.adalora_rules import AdaLoraSchedule
+from qformer_budget.core.atomic import write_json_atomic
+from qformer_budget.peft_hooks.setup import seeded
+from qformer_budget.core.grammar import target_modules_regex
+from qformer_budget.vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, save_memvp
+from qformer_budget.vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
 
 from .collate import InstructBlipCollator
 from .config import MethodSpec, ModelSection, RunSpec
@@ -70,15 +71,17 @@ def load_model(section: ModelSection, device: str) -> tuple[torch.nn.Module, Any
 
 
 def adalora_setup(method: MethodSpec, plan: TrainingPlan) -> AdaLoraSetup:
-    total = plan.total_optimizer_steps
+    schedule = AdaLoraSchedule.from_fractions(
+        plan.total_optimizer_steps, method.warmup_fraction, method.final_fraction, method.deltaT
+    )
     return AdaLoraSetup.from_plan(
         plan,
         placement=method.placement,
         init_r=method.init_r,
         target_r=method.target_r,
-        tinit=int(method.warmup_fraction * total),
-        tfinal=max(1, int(method.final_fraction * total)),
-        deltaT=method.deltaT,
+        tinit=schedule.tinit,
+        tfinal=schedule.tfinal,
+        deltaT=schedule.deltaT,
         lora_alpha=method.lora_alpha,
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from peft_hooks.records import ModuleInfo, StepRecord
-from peft_hooks.sinks import ParquetSink
+from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.peft_hooks.sinks import ParquetSink
 
 
 # A two-layer Q-Former slice for hand-computed metrics, as (layer, block, proj, in_features, out_features):

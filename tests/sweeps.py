@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from runner.config import SweepConfig, load_config
+from qformer_budget.runner.config import SweepConfig, load_config
 
 SWEEP_HEADER = """
 [sweep]

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import load_runs
-from analysis.metrics import (
+from qformer_budget.analysis import load_runs
+from qformer_budget.analysis.metrics import (
     allocation_correlation,
     allocation_entropy,
     block_share,
@@ -27,7 +27,7 @@ from analysis.metrics import (
     settle_step,
     to_xarray,
 )
-from peft_hooks.taxonomy import sublayer_label
+from qformer_budget.core.grammar import sublayer_label
 from fake_runs import SMALL_QFORMER, fake_modules, fake_record, write_fake_run
 
 MODULES = SMALL_QFORMER

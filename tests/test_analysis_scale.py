@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import (
+from qformer_budget.analysis import (
     block_share,
     layer_share,
     load_runs,
@@ -19,9 +19,9 @@ from analysis import (
     run_summary,
     settle_step,
 )
-from analysis.schema import RESUMES_APPLIED_KEY
-from analysis.synthetic_records import qformer_modules, write_synthetic_runs
-from peft_hooks.taxonomy import parse_sublayer
+from qformer_budget.core.schema import RESUMES_APPLIED_KEY
+from qformer_budget.benchmarks.synthetic_records import qformer_modules, write_synthetic_runs
+from qformer_budget.core.grammar import parse_sublayer
 from fake_runs import fake_modules, fake_record, write_fake_run
 
 BENCHMARKS = ("scienceqa", "flickr30k")

@@ -33,15 +33,15 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import BlipConfig, BlipForConditionalGeneration, Trainer
 
-from analysis import RecordError, load_runs
-from benchmarks import BenchmarkDataError, load_benchmark, write_synthetic
+from qformer_budget.analysis import RecordError, load_runs
+from qformer_budget.benchmarks import BenchmarkDataError, load_benchmark, write_synthetic
 from fake_runs import fake_modules, fake_record, write_fake_run
-from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, add_adalora
-from peft_hooks import sinks as sinks_module
-from peft_hooks.sinks import ParquetSink
-from runner.collate import InstructBlipCollator
-from runner.config import ConfigError, load_config
-from runner.tiny import build_tiny_instructblip
+from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, add_adalora
+from qformer_budget.peft_hooks import sinks as sinks_module
+from qformer_budget.peft_hooks.sinks import ParquetSink
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.runner.config import ConfigError, load_config
+from qformer_budget.runner.tiny import build_tiny_instructblip
 from tiny_training import FixedOrder, tiny_adalora, tiny_setup, trainer_arguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def sink_failing_after_one_step(folder: Path) -> Action:
 
     def write_on_full_disk():
         disk_full = OSError(28, "No space left on device")
-        with mock.patch.object(sinks_module, "_write_parquet_atomic", side_effect=disk_full):
+        with mock.patch.object(sinks_module, "write_parquet_atomic", side_effect=disk_full):
             sink.write(fake_record(9, kept_directions(2)))
             sink.close("finished")
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks import (
+from qformer_budget.benchmarks import (
     BENCHMARKS,
     BenchmarkDataError,
     load_benchmark,

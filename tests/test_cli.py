@@ -1,7 +1,7 @@
 import pytest
 
 from qformer_budget.cli import main
-from runner.config import ConfigError
+from qformer_budget.runner.config import ConfigError
 
 
 def test_params_prints_the_papers_counts(capsys):

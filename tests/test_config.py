@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import ROUTING_VARIANTS, ConfigError, load_config
+from qformer_budget.runner.config import ROUTING_VARIANTS, ConfigError, load_config
 
-CONFIGS = files("runner") / "configs"
+CONFIGS = files("qformer_budget.runner") / "configs"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -80,6 +80,6 @@ def test_missing_config_file(tmp_path):
 
 
 def test_runner_routing_variants_are_the_routing_modules():
-    from vl_methods.routing.config import VARIANTS
+    from qformer_budget.vl_methods.routing.config import VARIANTS
 
     assert ROUTING_VARIANTS == VARIANTS

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import RecordError, load_runs
+from qformer_budget.analysis import RecordError, load_runs
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 N_MODULES = 120

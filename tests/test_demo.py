@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import load_metrics, load_runs
+from qformer_budget.analysis import load_metrics, load_runs
 BENCHMARKS = ["flickr30k", "iconqa", "scienceqa", "vizwiz"]
 
 

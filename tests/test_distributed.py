@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import load_runs
+from qformer_budget.analysis import load_runs
 
 SCRIPT = Path(__file__).with_name("distributed_training.py")
 STEPS = 20

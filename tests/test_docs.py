@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from analysis.schema import COLUMNS
+from qformer_budget.core.schema import COLUMNS
 
 README = Path(__file__).parents[1] / "README.md"
 

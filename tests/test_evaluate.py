@@ -13,11 +13,11 @@ from transformers import (
     LlamaTokenizer,
 )
 
-from benchmarks.examples import Example
-from benchmarks.synthetic_vqa import vocabulary_corpus
-from runner.tiny import build_tiny_instructblip, tiny_config
-from runner.collate import IGNORE_INDEX, InstructBlipCollator
-from runner.evaluate import evaluate, generate_answers, rank_options, target_nll
+from qformer_budget.benchmarks.examples import Example
+from qformer_budget.benchmarks.synthetic_vqa import vocabulary_corpus
+from qformer_budget.runner.tiny import build_tiny_instructblip, tiny_config
+from qformer_budget.runner.collate import IGNORE_INDEX, InstructBlipCollator
+from qformer_budget.runner.evaluate import evaluate, generate_answers, rank_options, target_nll
 
 CORPUS = vocabulary_corpus() + ["Context: some long context words Options: (a) red (b) blue Answer:"]
 

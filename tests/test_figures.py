@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.figures import regenerate_figures
+from qformer_budget.plotting.figures import regenerate_figures
 from fake_runs import fake_modules, write_fake_run
-from peft_hooks.records import StepRecord
+from qformer_budget.core.records import StepRecord
 from qformer_budget.cli import main
 
 MODULES = fake_modules(layers=4)

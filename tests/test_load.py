@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import RecordError, RecordWarning, load_runs
+from qformer_budget.analysis import RecordError, RecordWarning, load_runs
 from fake_runs import fake_modules, fake_record, write_fake_run
 
 MODULES = fake_modules()
@@ -125,7 +125,7 @@ def test_folder_without_runs_and_missing_folder(tmp_path):
 
 def test_analysis_imports_neither_torch_nor_peft():
     code = (
-        "import sys, analysis, analysis.plots, peft_hooks.taxonomy, peft_hooks.records;"
+        "import sys, qformer_budget.analysis, qformer_budget.plotting.plots, qformer_budget.core.grammar, qformer_budget.core.records;"
         "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -18,13 +18,13 @@ from transformers import (
     TrainingArguments,
 )
 
-from benchmarks.synthetic_vqa import generate_examples
-from runner.collate import InstructBlipCollator
-from runner.evaluate import generate_answers
-from runner.presets import build_on_meta
-from runner.tiny import load_tiny_checkpoint, load_tiny_processor, tiny_config
-from vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, memvp_trainable_parameters, save_memvp
-from vl_methods.memvp.layer import find_ffns, memory_output
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.runner.evaluate import generate_answers
+from qformer_budget.runner.presets import build_on_meta
+from qformer_budget.runner.tiny import load_tiny_checkpoint, load_tiny_processor, tiny_config
+from qformer_budget.vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, memvp_trainable_parameters, save_memvp
+from qformer_budget.vl_methods.memvp.layer import find_ffns, memory_output
 
 KINDS = ("t5", "t5_gated", "llama")
 NO_DROPOUT = MemVPConfig(dropout=0.0)

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from benchmarks import metrics
-from benchmarks.metrics import (
+from qformer_budget.benchmarks import metrics
+from qformer_budget.benchmarks.metrics import (
     caption_scores,
     multiple_choice_accuracy,
     normalize_vqa_answer,

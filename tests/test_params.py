@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-from runner.tiny import build_tiny_instructblip
-from runner.params import (
+from qformer_budget.runner.tiny import build_tiny_instructblip
+from qformer_budget.runner.params import (
     census,
     format_table,
     full_qformer_parameters,
@@ -14,7 +14,7 @@ from runner.params import (
     per_unit_rank,
     target_linears,
 )
-from runner.presets import PRESETS, build_on_meta, freeze_except_qformer, load_checkpoint, load_preset
+from qformer_budget.runner.presets import PRESETS, build_on_meta, freeze_except_qformer, load_checkpoint, load_preset
 
 # Kim et al. 2024: Q-Former LoRA parameters per unit of rank.
 PAPER_QFORMER_UNITS = {

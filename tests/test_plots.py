@@ -1,4 +1,4 @@
-"""Figure data preparation (analysis.tables) on hand-made frames; the artists each plot draws (no pixels)."""
+"""Figure data preparation (qformer_budget.plotting.figure_data) on hand-made frames; the artists each plot draws (no pixels)."""
 
 import math
 
@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import PathPatch, Rectangle
 
-from analysis.plots import (
+from qformer_budget.plotting.plots import (
     BLOCK_COLORS,
     STRUCTURAL_LABEL,
     plot_block_share_ci,
@@ -24,7 +24,7 @@ from analysis.plots import (
     plot_rank_heatmap,
     plot_rank_trajectories,
 )
-from analysis.tables import (
+from qformer_budget.plotting.figure_data import (
     SUBLAYER_COLUMNS,
     block_share_ci_data,
     budget_schedule_data,
@@ -37,7 +37,7 @@ from analysis.tables import (
     trajectory_data,
 )
 from fake_runs import SMALL_QFORMER
-from peft_hooks.taxonomy import BLOCKS, sublayer_label
+from qformer_budget.core.grammar import BLOCKS, sublayer_label
 
 MODULES = SMALL_QFORMER
 NAN = float("nan")
@@ -297,7 +297,7 @@ def test_importance_is_on_a_log_axis_with_structural_modules_apart(records):
 
 
 def test_block_share_bars_with_intervals_where_defined(records):
-    from analysis.metrics import block_share
+    from qformer_budget.analysis.metrics import block_share
 
     data = block_share_ci_data(records, n_boot=200)
     ax = plot_block_share_ci(data, block_share(records), title="t")

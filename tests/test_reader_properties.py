@@ -29,11 +29,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from analysis import RecordError, load_runs
-from analysis.schema import COLUMN_NAMES, PHASES, RECORDS_FILE, RECORDS_PARTS_DIR, RUN_META_FILE, SCHEMA_VERSION
-from peft_hooks.records import ModuleInfo, StepRecord
-from peft_hooks.sinks import ParquetSink
-from peft_hooks.taxonomy import _SUFFIXES, Sublayer, parse_sublayer, target_modules_regex
+from qformer_budget.analysis import RecordError, load_runs
+from qformer_budget.core.schema import COLUMN_NAMES, PHASES, RECORDS_FILE, RECORDS_PARTS_DIR, RUN_META_FILE, SCHEMA_VERSION
+from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.peft_hooks.sinks import ParquetSink
+from qformer_budget.core.grammar import _SUFFIXES, Sublayer, parse_sublayer, target_modules_regex
 
 SETTINGS = settings(
     derandomize=True, database=None, deadline=None, max_examples=40,

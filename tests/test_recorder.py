@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from analysis import load_runs
-from analysis.schema import COLUMN_NAMES, SCHEMA_VERSION
-from peft_hooks import BudgetRecorder, find_adalora_model, load_adapter, save_adapter
-from runner.tiny import build_tiny_instructblip
-from peft_hooks import sinks as sinks_module
-from peft_hooks.recorder import _kept_directions
-from runner.collate import InstructBlipCollator
-from benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.analysis import load_runs
+from qformer_budget.core.schema import COLUMN_NAMES, SCHEMA_VERSION
+from qformer_budget.peft_hooks import BudgetRecorder, find_adalora_model, load_adapter, save_adapter
+from qformer_budget.runner.tiny import build_tiny_instructblip
+from qformer_budget.peft_hooks import sinks as sinks_module
+from qformer_budget.core.adalora_rules import kept_directions
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
 from tiny_training import tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
@@ -84,7 +84,8 @@ def test_final_ranks_equal_pefts_rank_pattern(loop_run, tmp_path):
     assert [tensors[f"base_model.model.{m.module}.lora_E"].shape[0] for m in final.modules] == expected
     # save_pretrained renamed the live keys (dropped ".default"); the recorder reads that form too.
     assert all(not key.endswith(".default") for key in model.peft_config["default"].rank_pattern)
-    renamed = _kept_directions(model.peft_config["default"].rank_pattern, final.modules, "default", SETUP.init_r)
+    modules = [m.module for m in final.modules]
+    renamed = kept_directions(model.peft_config["default"].rank_pattern, modules, "default", SETUP.init_r)
     np.testing.assert_array_equal(renamed, final.direction_kept)
 
 
@@ -229,7 +230,7 @@ def test_a_failing_writer_is_reported_and_earlier_parts_survive(tmp_path, monkey
     def disk_full(table, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sinks_module, "_write_parquet_atomic", disk_full)
+    monkeypatch.setattr(sinks_module, "write_parquet_atomic", disk_full)
     _train_steps(model, processor, recorder, [1])
     with pytest.raises(RuntimeError, match=r"writing budget records under .*records failed: .*No space left.*the 1 steps written before are intact"):
         recorder.close()

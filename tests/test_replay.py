@@ -8,10 +8,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from analysis import load_runs
-from analysis.replay import rank_pattern_for_lora, replay_allocation
-from peft_hooks import find_adalora_model
-from runner.tiny import build_tiny_instructblip
+from qformer_budget.analysis import load_runs
+from qformer_budget.analysis.replay import rank_pattern_for_lora, replay_allocation
+from qformer_budget.peft_hooks import find_adalora_model
+from qformer_budget.runner.tiny import build_tiny_instructblip
 from tiny_training import tiny_setup, train_with_loop
 
 SETUP = tiny_setup(total_step=40)  # masks at global steps 10, 15, ..., 30 and the final one at 35
@@ -181,7 +181,7 @@ def test_rank_pattern_gives_lora_exactly_the_replayed_ranks(run):
 
 def test_replay_imports_neither_torch_nor_peft():
     code = (
-        "import sys, analysis.replay;"
+        "import sys, qformer_budget.analysis.replay;"
         "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback
 
-from analysis import RecordWarning, load_runs
-from peft_hooks import AdaLoraBudgetCallback, BudgetRecorder
-from peft_hooks.resume import BUDGET_STATE_FILE, BudgetStateError, load_budget_state, save_budget_state
-from runner.collate import InstructBlipCollator
+from qformer_budget.analysis import RecordWarning, load_runs
+from qformer_budget.peft_hooks import AdaLoraBudgetCallback, BudgetRecorder
+from qformer_budget.peft_hooks.resume import BUDGET_STATE_FILE, BudgetStateError, load_budget_state, save_budget_state
+from qformer_budget.runner.collate import InstructBlipCollator
 from tiny_training import BATCH, LEARNING_RATE, FixedOrder, tiny_adalora, tiny_setup, train_with_loop, trainer_arguments
 
 SETUP = tiny_setup(total_step=30)

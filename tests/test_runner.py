@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from analysis import load_metrics, load_runs
-from runner.sweep import run_sweep
-from runner.train import _sha256, read_status
+from qformer_budget.analysis import load_metrics, load_runs
+from qformer_budget.runner.sweep import run_sweep
+from qformer_budget.runner.train import _sha256, read_status
 from sweeps import sweep_config
 
 METHODS = """

@@ -15,8 +15,8 @@ from transformers import (
     T5Config,
 )
 
-from peft_hooks import PLACEMENTS, Sublayer, parse_sublayer, resolve_placement, sublayer_label, target_modules_regex
-from runner.tiny import build_tiny_instructblip
+from qformer_budget.peft_hooks import PLACEMENTS, Sublayer, parse_sublayer, resolve_placement, sublayer_label, target_modules_regex
+from qformer_budget.runner.tiny import build_tiny_instructblip
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from analysis import load_runs
-from peft_hooks.taxonomy import BLOCKS
-from peft_hooks.tensorboard import TensorBoardSink
+from qformer_budget.analysis import load_runs
+from qformer_budget.core.grammar import BLOCKS
+from qformer_budget.peft_hooks.tensorboard import TensorBoardSink
 from tiny_training import tiny_setup, train_with_loop
 
 SETUP = tiny_setup(total_step=40)

@@ -11,10 +11,10 @@ import torch
 from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainingArguments
 
-from peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
-from runner.collate import InstructBlipCollator
-from benchmarks.synthetic_vqa import generate_examples
-from runner.tiny import build_tiny_instructblip
+from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.runner.tiny import build_tiny_instructblip
 
 BATCH = 4
 LEARNING_RATE = 1e-2

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.adalora.layer import SVDLinear
-from peft.tuners.lora import layer as lora
+from qformer_budget.core.adalora_rules import rank_pattern_keys
+from qformer_budget.peft_hooks.peft_internals import LoraLinear, SVDLinear, cast_input_dtype, swap_layer_class
 
 from .config import POOLINGS, VARIANTS
 
@@ -150,7 +150,7 @@ class _Routed:
         return f"routed[{self.routing_variant}]." + super().__repr__()
 
 
-class RoutedLoraLinear(_Routed, lora.Linear):
+class RoutedLoraLinear(_Routed, LoraLinear):
     """peft's ``lora.Linear`` with ``y = W x + scaling * B route(A x, A x_R)``."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -165,9 +165,9 @@ class RoutedLoraLinear(_Routed, lora.Linear):
             lora_A = self.lora_A[active_adapter]
             lora_B = self.lora_B[active_adapter]
             dropout = self.lora_dropout[active_adapter]
-            x = self._cast_input_dtype(x, lora_A.weight.dtype)
+            x = cast_input_dtype(self, x, lora_A.weight.dtype)
             x_t = lora_A(dropout(x))
-            x_v = self._as_token(lora_A(dropout(self._cast_input_dtype(visual, lora_A.weight.dtype))), x_t)
+            x_v = self._as_token(lora_A(dropout(cast_input_dtype(self, visual, lora_A.weight.dtype))), x_t)
             result = result + lora_B(route(self.routing_variant, x_t, x_v)) * self.scaling[active_adapter]
         return result.to(result_dtype)
 
@@ -196,7 +196,7 @@ class RoutedSVDLinear(_Routed, SVDLinear):
         if not pattern:  # before AdaLoRA's first mask
             return None
         # peft's save_pretrained renames the live keys (drops ``.{adapter}``): accept both forms.
-        for key in (f"{self.routing_name}.lora_E.{adapter}", f"{self.routing_name}.lora_E"):
+        for key in rank_pattern_keys(self.routing_name, adapter):
             if key in pattern:
                 break
         else:
@@ -224,9 +224,9 @@ class RoutedSVDLinear(_Routed, SVDLinear):
             lora_E = self.lora_E[active_adapter]
             dropout = self.lora_dropout[active_adapter]
             ranknum = self.ranknum[active_adapter] + 1e-5
-            x = self._cast_input_dtype(x, lora_A.dtype)
+            x = cast_input_dtype(self, x, lora_A.dtype)
             x_t = dropout(x) @ lora_A.T
-            x_v = self._as_token(dropout(self._cast_input_dtype(visual, lora_A.dtype)) @ lora_A.T, x_t)
+            x_v = self._as_token(dropout(cast_input_dtype(self, visual, lora_A.dtype)) @ lora_A.T, x_t)
             routed = route(self.routing_variant, x_t, x_v, self._kept(active_adapter))
             result = result + (routed * lora_E.T) @ lora_B.T * self.scaling[active_adapter] / ranknum
         return result
@@ -236,7 +236,7 @@ def routed_class(layer: torch.nn.Module, name: str) -> type[_Routed]:
     """The routed class for a peft layer; raises naming ``name`` when the layer cannot be routed."""
     if type(layer) is SVDLinear:
         return RoutedSVDLinear
-    if type(layer) is lora.Linear:
+    if type(layer) is LoraLinear:
         if layer.lora_variant:
             raise ValueError(
                 f"cannot route LoRA layer {name!r}: adapter(s) {', '.join(sorted(layer.lora_variant))} use a "
@@ -259,7 +259,7 @@ def make_routed(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown routing variant {variant!r}; variants are {', '.join(VARIANTS)}")
-    layer.__class__ = routed_class(layer, name)
+    swap_layer_class(layer, routed_class(layer, name))
     layer.routing_variant = variant
     layer.routing_context = context
     layer.routing_name = name

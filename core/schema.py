@@ -1,8 +1,7 @@
 """The record schema shared by the writer (peft_hooks) and the readers (analysis).
 
-A run folder holds ``run.json`` (what was run) and the budget records: one row per adapted module
-per recorded step, as Parquet. While a run is live, records are part files in ``records/``;
-when it closes they are compacted into one ``records.parquet``. Both read with plain pandas:
+The budget records are one row per adapted module per recorded step, as Parquet (see
+:mod:`qformer_budget.core.run_folder` for the files); they read with plain pandas too:
 ``pd.read_parquet(run / "records.parquet")`` or ``pd.read_parquet(run / "records")``.
 """
 
@@ -16,10 +15,7 @@ RUN_META_FILE = "run.json"
 RECORDS_FILE = "records.parquet"
 RECORDS_PARTS_DIR = "records"
 
-# Resumed runs. run.json lists each resume as {"global_step": G, "first_part": K}: rows of global_step >= G
-# in parts numbered below K (and in a compacted file written before the resume) were recorded by the
-# interrupted session after its checkpoint and are superseded. A compacted file says in its Parquet
-# metadata how many parts it absorbed and how many resumes were already applied to it.
+# run.json's list of resumes, and the compacted file's Parquet metadata (see core.run_folder).
 RESUMES_FIELD = "resumes"
 COMPACTED_PARTS_KEY = b"qformer_budget.compacted_parts"
 RESUMES_APPLIED_KEY = b"qformer_budget.resumes_applied"
@@ -57,3 +53,11 @@ RECORD_SCHEMA = pa.schema(
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION)},
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+
+STRING_COLUMNS: tuple[str, ...] = (
+    "run",
+    *(name for name, dtype, _ in COLUMNS if dtype == pa.string()),
+    "status",
+)
+"""Label columns of loaded records (the record's strings, plus the loader's ``run`` and ``status``):
+``load_runs(..., categorical=True)`` gives them as pandas categoricals."""

@@ -2,7 +2,7 @@
 
 For testing and timing the read side at the scale of a real study (4 benchmarks x 5 seeds x 20,000
 steps x 120 modules). Every run is a finished run folder (``run.json`` + ``records.parquet`` in
-``analysis.schema.RECORD_SCHEMA``) that :func:`analysis.load_runs` reads like a recorded one:
+``qformer_budget.core.schema.RECORD_SCHEMA``) that :func:`analysis.load_runs` reads like a recorded one:
 
 - the 120 Linear layers of InstructBLIP's Q-Former (transformers names, model order, real widths:
   768 hidden, 3072 FFN, 1408-wide image features into the cross-attention key and value);
@@ -14,7 +14,7 @@ steps x 120 modules). Every run is a finished run folder (``run.json`` + ``recor
   directions scoring above it; kept directions hold until the next mask and are frozen after the final
   mask step, where the scores become null (peft clears them).
 
-    python -m analysis.synthetic_records OUT [--benchmarks scienceqa iconqa] [--seeds 2] [--total-step 400]
+    python -m qformer_budget.benchmarks.synthetic_records OUT [--benchmarks scienceqa iconqa] [--seeds 2] [--total-step 400]
 """
 
 from __future__ import annotations
@@ -32,10 +32,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from peft_hooks.taxonomy import sublayer_label, target_modules_regex
+from qformer_budget.core.adalora_rules import (
+    FINAL_FRACTION,
+    WARMUP_FRACTION,
+    AdaLoraSchedule,
+    check_ranks,
+    threshold_rank,
+)
+from qformer_budget.core.grammar import is_structural, sublayer_label, target_modules_regex
 
-from .schema import COMPACTED_PARTS_KEY, PHASES, RECORD_SCHEMA, RECORDS_FILE, RESUMES_APPLIED_KEY, RUN_META_FILE
-from .schema import SCHEMA_VERSION
+from qformer_budget.core.schema import COMPACTED_PARTS_KEY, PHASES, RECORD_SCHEMA, RECORDS_FILE, RESUMES_APPLIED_KEY, RUN_META_FILE
+from qformer_budget.core.schema import SCHEMA_VERSION
 
 BENCHMARKS: tuple[str, ...] = ("scienceqa", "iconqa", "flickr30k", "vizwiz")
 
@@ -109,67 +116,32 @@ def qformer_modules(
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """AdaLoRA's schedule (peft ``AdaLoraConfig`` fields) and the recorder's ``record_every``."""
+class Schedule(AdaLoraSchedule):
+    """AdaLoRA's schedule with the ranks, and the recorder's ``record_every``."""
 
-    total_step: int
-    tinit: int
-    tfinal: int
-    deltaT: int
     init_r: int
     target_r: int
     record_every: int
 
     def __post_init__(self) -> None:
-        if not (self.tfinal >= 1 and 0 <= self.tinit < self.total_step - self.tfinal):
-            raise ValueError(
-                f"need tfinal >= 1 and 0 <= tinit < total_step - tfinal; got tinit={self.tinit}, "
-                f"tfinal={self.tfinal}, total_step={self.total_step}"
-            )
-        if not 0 <= self.target_r < self.init_r:
-            raise ValueError(f"need 0 <= target_r < init_r; got {self.target_r} and {self.init_r}")
-        if self.deltaT < 1 or self.record_every < 1:
-            raise ValueError(f"deltaT and record_every must be >= 1; got {self.deltaT}, {self.record_every}")
+        super().__post_init__()
+        check_ranks(self.init_r, self.target_r)
+        if self.record_every < 1:
+            raise ValueError(f"record_every must be >= 1, got {self.record_every}")
 
     @property
     def method_tag(self) -> str:
         """The runner's folder name of this configuration (``runner.config.MethodSpec.tag``)."""
         return f"adalora-all_linear-r{self.init_r}to{self.target_r}"
 
-    @property
-    def final_mask_step(self) -> int:
-        return self.total_step - self.tfinal
-
-    def budget(self, global_step: int, n_modules: int) -> int:
-        """peft's ``RankAllocator.budget_schedule`` budget, with the same float arithmetic."""
-        init_bgt, target_bgt = self.init_r * n_modules, self.target_r * n_modules
-        if global_step <= self.tinit:
-            return init_bgt
-        if global_step > self.final_mask_step:
-            return target_bgt
-        mul_coeff = 1 - (global_step - self.tinit) / (self.final_mask_step - self.tinit)
-        return int((init_bgt - target_bgt) * (mul_coeff**3) + target_bgt)
+    def budget_of(self, global_step: int, n_modules: int) -> int:
+        """The budget at ``global_step`` with ``n_modules`` adapted modules."""
+        return self.budget(global_step, self.init_r * n_modules, self.target_r * n_modules)
 
     def recorded_steps(self) -> np.ndarray:
-        """The 0-based steps the recorder records: every ``record_every``, mask steps, final mask, last."""
+        """The 0-based steps the recorder records."""
         steps = np.arange(self.total_step)
-        budgeting_mask = (steps > self.tinit) & (steps < self.final_mask_step) & (steps % self.deltaT == 0)
-        due = (
-            (steps % self.record_every == 0)
-            | budgeting_mask
-            | (steps == self.final_mask_step)
-            | (steps == self.total_step - 1)
-        )
-        return steps[due]
-
-    def is_mask_step(self, global_steps: np.ndarray) -> np.ndarray:
-        """Where peft masks: budgeting steps on the ``deltaT`` grid, and the final mask step."""
-        budgeting = (global_steps > self.tinit) & (global_steps < self.final_mask_step)
-        return (budgeting & (global_steps % self.deltaT == 0)) | (global_steps == self.final_mask_step)
-
-    def phase_codes(self, global_steps: np.ndarray) -> np.ndarray:
-        """The recorder's phase of each step as an index into ``schema.PHASES``: warmup, budgeting, final."""
-        return (global_steps > self.tinit).astype(np.int32) + (global_steps > self.final_mask_step)
+        return steps[self.is_recorded(steps, self.record_every)]
 
 
 def _direction_scores(
@@ -189,14 +161,14 @@ def _direction_scores(
         drift[row] += DRIFT_CORRELATION * drift[row - 1]
     scores = np.exp(direction_mean[None] + drift).astype(np.float32)
     deepest = max(m.layer for m in modules)
-    structural = [i for i, m in enumerate(modules) if m.block == "ffn_text" and m.layer == deepest]
+    structural = [i for i, m in enumerate(modules) if is_structural(m.block, m.layer, deepest)]
     scores[:, structural] = 0.0
     return scores
 
 
 def _mask(scores: np.ndarray, budgets: np.ndarray, init_bgt: int) -> tuple[np.ndarray, np.ndarray]:
     """peft's ``mask_to_budget`` on each row of ``scores (n, directions)``: kept directions and thresholds."""
-    k = init_bgt - budgets  # 1-based rank of the threshold, as torch.kthvalue
+    k = threshold_rank(init_bgt, budgets)  # 1-based, as torch.kthvalue
     thresholds = np.take_along_axis(np.sort(scores, axis=1), (k - 1)[:, None], axis=1)
     return scores > thresholds, thresholds[:, 0].astype(np.float64)
 
@@ -209,7 +181,7 @@ def _simulate_run(
     global_steps = schedule.recorded_steps()
     n_steps = len(global_steps)
     scores = _direction_scores(rng, benchmark, modules, n_steps, r).reshape(n_steps, n_modules * r)
-    budgets = np.array([schedule.budget(int(g), n_modules) for g in global_steps], dtype=np.int64)
+    budgets = np.array([schedule.budget_of(int(g), n_modules) for g in global_steps], dtype=np.int64)
     mask_step = schedule.is_mask_step(global_steps)
     kept_at_mask, mask_thresholds = _mask(scores[mask_step], budgets[mask_step], r * n_modules)
     # Kept directions hold from one mask step to the next; before the first mask (warmup) all are kept.
@@ -222,7 +194,7 @@ def _simulate_run(
     steps = {
         "global_step": global_steps,
         "mask_step": mask_step,
-        "phase": schedule.phase_codes(global_steps),
+        "phase": schedule.phase_index(global_steps).astype(np.int32),
         "budget": budgets,
         "threshold": thresholds,
         "has_scores": global_steps <= schedule.final_mask_step,  # peft clears its scores after the final mask
@@ -365,7 +337,7 @@ def write_synthetic_run(
         "versions": {"qformer-budget": _package_version()},
         "method": schedule.method_tag,
         "preset": "synthetic",
-        "synthetic": {"generator": "analysis.synthetic_records", "rng_seed": rng_seed},
+        "synthetic": {"generator": "qformer_budget.benchmarks.synthetic_records", "rng_seed": rng_seed},
         "status": "finished",
         "started": started,
         "recorded_steps": int(len(steps["global_step"])),
@@ -396,8 +368,9 @@ def write_synthetic_runs(
     the runner's 10 % warmup and 20 % final phase. The same arguments write the same records.
     Returns the run folders in writing order.
     """
-    tinit = int(0.1 * total_step) if tinit is None else tinit
-    tfinal = max(1, int(0.2 * total_step)) if tfinal is None else tfinal
+    default = AdaLoraSchedule.from_fractions(total_step, WARMUP_FRACTION, FINAL_FRACTION, deltaT)
+    tinit = default.tinit if tinit is None else tinit
+    tfinal = default.tfinal if tfinal is None else tfinal
     schedule = Schedule(total_step, tinit, tfinal, deltaT, init_r, target_r, record_every)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     modules = tuple(modules or qformer_modules())

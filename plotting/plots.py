@@ -1,4 +1,4 @@
-"""Plots: each takes data prepared by ``analysis.tables`` and ``ax=None`` and returns the Axes it drew on.
+"""Plots: each takes data prepared by ``qformer_budget.plotting.figure_data`` and ``ax=None`` and returns the Axes it drew on.
 
 ``plot_heatmap_grid`` draws several Axes and returns its Figure instead. Conventions shared by every plot:
 
@@ -23,9 +23,9 @@ from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from peft_hooks.taxonomy import BLOCK_PROJS, BLOCKS
+from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS, in_block_order
 
-from .tables import structural_cells
+from .figure_data import structural_cells
 
 # One colour per block, defined once and used by every figure.
 BLOCK_COLORS: dict[str, str] = dict(zip(BLOCKS, ("#0072B2", "#E69F00", "#009E73", "#CC79A7"), strict=True))
@@ -42,11 +42,6 @@ EMPTY_LABEL = "no module"
 def block_color(block: str) -> str:
     """The colour of ``block`` in every figure."""
     return BLOCK_COLORS.get(block, OTHER_BLOCK_COLOR)
-
-
-def _blocks_present(blocks) -> list[str]:
-    present = set(blocks)
-    return [b for b in BLOCKS if b in present] + sorted(present - set(BLOCKS))
 
 
 # --- layer x sublayer tables ---
@@ -186,7 +181,7 @@ def plot_rank_heatmap(
 
     Cells with no module (NaN) are hatched grey, so they cannot be mistaken for rank 0. Structural cells
     get a black-and-white dotted outline (two patches with ``gid="structural"``), italic values and the
-    legend entry ``structural zero``: ``structural=True`` marks ``analysis.tables.structural_cells(table)``,
+    legend entry ``structural zero``: ``structural=True`` marks ``qformer_budget.plotting.figure_data.structural_cells(table)``,
     a bool DataFrame marks its True cells, False marks none. The colour bar is right of the heatmap,
     the legend (``no module``, ``structural zero``) under the colour bar.
     The colour scale runs from 0 to ``vmax`` (default: the table's maximum); ``colorbar`` and ``legend``
@@ -221,7 +216,7 @@ def plot_heatmap_grid(
 ) -> Figure:
     """Small multiples: one :func:`plot_rank_heatmap` panel per table (e.g. per benchmark), side by side.
 
-    ``tables`` maps a panel title to a layer x sublayer table (``analysis.tables.heatmap_tables``). All
+    ``tables`` maps a panel title to a layer x sublayer table (``qformer_budget.plotting.figure_data.heatmap_tables``). All
     panels share one colour scale (0 to ``vmax``, default the largest value of any table), one colour bar
     and one legend. Returns the Figure; its heatmap Axes are ``figure.axes[:len(tables)]`` in the order of
     ``tables`` (the colour bar and block-label axes follow).
@@ -311,7 +306,7 @@ def _one_benchmark(data: pd.DataFrame, what: str) -> None:
 
 
 def _shade_phases(ax: Axes, phases: pd.DataFrame | None, benchmark: str | None) -> list[Patch]:
-    """Shade the phase spans (``analysis.tables.phase_spans``); returns one legend handle per phase."""
+    """Shade the phase spans (``qformer_budget.plotting.figure_data.phase_spans``); returns one legend handle per phase."""
     if phases is None or phases.empty:
         return []
     if benchmark is not None and "benchmark" in phases.columns:
@@ -334,11 +329,11 @@ def plot_rank_trajectories(
     title: str | None = None,
     ylabel: str = "share of kept rank",
 ) -> Axes:
-    """Per block, ``value`` over steps (``analysis.tables.trajectory_data``, one benchmark).
+    """Per block, ``value`` over steps (``qformer_budget.plotting.figure_data.trajectory_data``, one benchmark).
 
     Each seed is a thin line (``gid="seed"``), the mean over seeds a thick line (``gid="mean"``, the legend
     entry) in the block's colour; with one seed only its thick line is drawn.
-    ``phases`` (``analysis.tables.phase_spans``) shades warmup, budgeting and final.
+    ``phases`` (``qformer_budget.plotting.figure_data.phase_spans``) shades warmup, budgeting and final.
     """
     _one_benchmark(data, "plot_rank_trajectories")
     if ax is None:
@@ -347,7 +342,7 @@ def plot_rank_trajectories(
     phase_handles = _shade_phases(ax, phases, benchmark)
     block_handles = []
     n_seeds = data.loc[data["line"] == "seed", "seed"].nunique()
-    for block in _blocks_present(data["block"]):
+    for block in in_block_order(data["block"]):
         rows = data[data["block"] == block]
         color = block_color(block)
         if n_seeds > 1:  # with one seed its line is the mean
@@ -383,7 +378,7 @@ def plot_budget_schedule(
     *,
     title: str | None = None,
 ) -> Axes:
-    """The recorded budget and the kept total rank over steps (``analysis.tables.budget_schedule_data``).
+    """The recorded budget and the kept total rank over steps (``qformer_budget.plotting.figure_data.budget_schedule_data``).
 
     One benchmark: the budget is a thick grey line (``gid="budget"``), each run's kept total rank a thin black
     line (``gid="kept"``) with its mask steps marked (``gid="mask"``); ``phases`` shades warmup, budgeting and
@@ -439,7 +434,7 @@ def plot_importance(
         _, ax = plt.subplots(figsize=(max(5.0, 0.55 * n_boxes + 2.5), 4.2))
     rng = np.random.default_rng(jitter_seed)
     benchmarks = sorted(data["benchmark"].unique())
-    blocks = _blocks_present(data["block"])
+    blocks = in_block_order(data["block"])
     width = len(benchmarks) + 1
     positions, tick_labels, stats, box_colors = [], [], [], []
     structural_x, structural_y = [], []
@@ -508,7 +503,7 @@ def plot_block_share_ci(
 ) -> Axes:
     """Grouped bars of mean block share per benchmark with their confidence intervals.
 
-    ``data`` is ``analysis.tables.block_share_ci_data`` (``benchmark, block, mean, ci_low, ci_high``):
+    ``data`` is ``qformer_budget.plotting.figure_data.block_share_ci_data`` (``benchmark, block, mean, ci_low, ci_high``):
     one group of bars per benchmark, one bar per block in the block's colour, an error bar from
     ``ci_low`` to ``ci_high`` where the interval is defined (2+ seeds). ``seed_shares``
     (``analysis.metrics.block_share`` at the final step) adds each seed's share as a dot.
@@ -516,7 +511,7 @@ def plot_block_share_ci(
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 1.5 * data["benchmark"].nunique() + 2.5), 4))
     benchmarks = sorted(data["benchmark"].unique())
-    blocks = _blocks_present(data["block"])
+    blocks = in_block_order(data["block"])
     bar = 0.8 / max(len(blocks), 1)
     for k, block in enumerate(blocks):
         rows = data[data["block"] == block].set_index("benchmark").reindex(benchmarks)

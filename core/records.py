@@ -8,9 +8,9 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from analysis.schema import RECORD_SCHEMA, SCHEMA_VERSION
+from qformer_budget.core.schema import RECORD_SCHEMA, SCHEMA_VERSION
 
-from .taxonomy import parse_sublayer
+from qformer_budget.core.grammar import parse_sublayer
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,27 @@ PLACEMENTS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+def in_block_order(blocks: Iterable[str]) -> list[str]:
+    """The distinct ``blocks`` in the grammar's order, unknown ones after it, alphabetically."""
+    present = set(blocks)
+    return [b for b in BLOCKS if b in present] + sorted(present - set(BLOCKS))
+
+
+def block_order(blocks: Iterable[str]) -> dict[str, int]:
+    """Sort position of each of ``blocks``, as :func:`in_block_order` places them."""
+    return {block: i for i, block in enumerate(in_block_order(blocks))}
+
+
+# Structural zeros: only the query positions of the last Q-Former layer reach the LLM, so the text FFN of
+# the deepest layer gets exactly zero task gradient; its importance and rank are architecture, not findings.
+STRUCTURAL_BLOCK = "ffn_text"
+
+
+def is_structural(block, layer, last_layer):
+    """True for the text FFN of ``last_layer``; takes single values or pandas/numpy columns alike."""
+    return (block == STRUCTURAL_BLOCK) & (layer == last_layer)
+
+
 def resolve_placement(placement: str | dict[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
     """Turn a placement name or a ``{block: projs}`` mapping into a validated ``{block: projs}`` mapping."""
     if isinstance(placement, str):

@@ -1,8 +1,8 @@
 """Regenerate every figure of a sweep from its run folders: PNG and PDF, byte for byte reproducible, indexed.
 
 ``regenerate_figures(runs_dir, out_dir)`` is the one implementation behind ``qformer-budget figures``,
-``figures/regenerate.py`` and the demo. Each figure is prepared by a pure function of ``analysis.tables``
-and drawn by a function of ``analysis.plots``; this module only chooses, titles and saves them.
+``figures/regenerate.py`` and the demo. Each figure is prepared by a pure function of ``qformer_budget.plotting.figure_data``
+and drawn by a function of ``qformer_budget.plotting.plots``; this module only chooses, titles and saves them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from .load import load_runs
-from .schema import COLUMN_NAMES
-from .metrics import NORMALIZATIONS, block_share
+from qformer_budget.analysis.load import load_runs
+from qformer_budget.core.schema import COLUMN_NAMES
+from qformer_budget.analysis.metrics import NORMALIZATIONS, block_share
 from .plots import (
     plot_block_share_ci,
     plot_budget_schedule,
@@ -30,7 +30,7 @@ from .plots import (
     plot_rank_heatmap,
     plot_rank_trajectories,
 )
-from .tables import (
+from .figure_data import (
     block_share_ci_data,
     budget_schedule_data,
     heatmap_tables,

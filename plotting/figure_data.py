@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from peft_hooks.taxonomy import BLOCK_PROJS, BLOCKS
+from qformer_budget.analysis.metrics import (
+    block_share,
+    bootstrap_block_share,
+    last_recorded_step,
+    mark_structural,
+    rank_trajectories,
+    select_step,
+)
+from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS, STRUCTURAL_BLOCK, block_order
 
 # Heatmap columns in grammar order: self-attention, cross-attention, query FFN, text FFN.
 SUBLAYER_COLUMNS: tuple[str, ...] = tuple(f"{block}.{proj}" for block in BLOCKS for proj in BLOCK_PROJS[block])
-
-
-def last_recorded_step(records: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each run's last recorded step."""
-    last = records.groupby("run")["step"].transform("max")
-    return records[records["step"] == last]
 
 
 def rank_heatmap_data(records: pd.DataFrame, value: str = "rank") -> pd.DataFrame:
@@ -51,7 +53,7 @@ def structural_cells(table: pd.DataFrame, last_layer: int | None = None) -> pd.D
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     deepest = table.index.max() if last_layer is None else last_layer
     if len(table) and deepest in table.index:
-        text_ffn = [c for c in table.columns if str(c).startswith("ffn_text.")]
+        text_ffn = [c for c in table.columns if str(c).startswith(f"{STRUCTURAL_BLOCK}.")]
         mask.loc[deepest, text_ffn] = table.loc[deepest, text_ffn].notna().to_numpy()
     return mask
 
@@ -134,7 +136,6 @@ def trajectory_data(
     (``n_seeds`` 1), rows with ``line == "mean"`` the mean over the seeds recorded at that step
     (``seed`` is NA). Structural rows are left out unless ``include_structural``.
     """
-    from .metrics import rank_trajectories
 
     if value not in ("share", "rank"):
         raise ValueError(f"value must be 'share' or 'rank'; got {value!r}")
@@ -185,7 +186,6 @@ def importance_data(
     flags the last layer's text FFN (:func:`analysis.metrics.mark_structural`), kept unless
     ``include_structural`` is False so that plots can mark it. Rows with no score or no block are dropped.
     """
-    from .metrics import mark_structural, select_step
 
     rows = records.dropna(subset=["score", "block", "layer"])
     if step is None:
@@ -219,7 +219,6 @@ def block_share_ci_data(
     one seed, and with 2 or 3 seeds it is crude (see ``bootstrap_block_share``).
     Structural rows are left out unless ``include_structural``.
     """
-    from .metrics import block_share, bootstrap_block_share
 
     shares = block_share(records, "final", normalize, include_structural)  # type: ignore[arg-type]
     ci = bootstrap_block_share(shares, n_boot=n_boot, confidence=confidence, seed=seed)
@@ -228,15 +227,12 @@ def block_share_ci_data(
     return _in_block_order(ci, ["benchmark", "block"])
 
 
-_BLOCK_RANK = {block: i for i, block in enumerate(BLOCKS)}
-
-
 def _in_block_order(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``frame`` sorted by ``keys``, blocks in grammar order (unknown blocks last)."""
 
     def key(col: pd.Series) -> pd.Series:
         if col.name == "block":
-            return col.map(_BLOCK_RANK).fillna(len(BLOCKS))
+            return col.map(block_order(col.dropna()))
         if col.name == "line":
             return col.map({"seed": 0, "mean": 1})
         return col

@@ -1,0 +1,224 @@
+"""The run-folder format, shared by the writer (``peft_hooks.sinks``) and the readers (``analysis.load``).
+
+A run folder holds ``run.json`` (what was run, its status and any resumes) and the budget records in
+``RECORD_SCHEMA``. While a run is live its records are part files ``records/part-NNNNNN.parquet``, each
+written to a hidden temporary name and renamed into place; when it closes they are compacted into one
+``records.parquet`` whose Parquet metadata says how many parts it absorbed and how many resumes were
+applied to it. A resumed run lists each resume in ``run.json`` as ``{"global_step": G, "first_part": K}``:
+rows of ``global_step >= G`` in parts numbered below K (and in a compacted file written before the resume)
+were recorded by the interrupted session after its checkpoint and are superseded, never read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .atomic import write_json_atomic, write_parquet_atomic
+from .schema import (
+    COLUMN_NAMES,
+    COMPACTED_PARTS_KEY,
+    RECORD_SCHEMA,
+    RECORDS_FILE,
+    RECORDS_PARTS_DIR,
+    RESUMES_APPLIED_KEY,
+    RESUMES_FIELD,
+    RUN_META_FILE,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    STRING_COLUMNS,
+)
+
+
+class RecordError(ValueError):
+    """A run folder or record file that cannot be read as budget records; the message names the file."""
+
+
+def read_run_meta(run_dir: Path) -> dict:
+    meta_file = run_dir / RUN_META_FILE
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{meta_file}: not a readable run description ({exc})") from exc
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        raise RecordError(f"{meta_file}: missing field 'schema_version'; is this a qformer-budget run?")
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(
+            f"{meta_file}: schema_version {meta['schema_version']!r}, this qformer-budget reads version {SCHEMA_VERSION}"
+        )
+    return meta
+
+
+Filters = pc.Expression | Sequence[tuple] | Sequence[Sequence[tuple]]
+
+
+_LABELS = pa.dictionary(pa.int32(), pa.string())
+
+
+def read_schema(columns: list[str], categorical: bool) -> pa.Schema:
+    """The Arrow schema of ``columns`` as read: RECORD_SCHEMA's, labels dictionary-encoded if categorical."""
+    fields = [RECORD_SCHEMA.field(c) for c in columns]
+    if categorical:
+        fields = [f.with_type(_LABELS) if f.type == pa.string() else f for f in fields]
+    return pa.schema(fields)
+
+
+def read_record_file(
+    path: Path, columns: list[str], filters: Filters | None = None, categorical: bool = False
+) -> pa.Table:
+    """``columns`` of one record file, rows matching ``filters``; any fault raises a RecordError naming it."""
+    # Damaged bytes surface as Arrow errors, OSError, or ValueError (a name that is no longer UTF-8).
+    try:
+        file_schema = pq.read_schema(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise RecordError(f"{path}: not a readable Parquet record file ({exc})") from exc
+    version = (file_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+    if version is not None and version != str(SCHEMA_VERSION).encode():
+        raise RecordError(
+            f"{path}: schema_version {version.decode(errors='replace')}, "
+            f"this qformer-budget reads version {SCHEMA_VERSION}"
+        )
+    missing = [c for c in COLUMN_NAMES if c not in file_schema.names]
+    if missing:
+        raise RecordError(f"{path}: missing record columns {missing}")
+    labels = [c for c in columns if c in STRING_COLUMNS] if categorical else None
+    try:
+        table = pq.read_table(path, columns=columns, filters=filters, read_dictionary=labels)
+        table.validate(full=True)  # damaged values (labels past their dictionary) fail here, not in pandas
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        with_filters = "" if filters is None else f" with the filters {filters}"
+        raise RecordError(f"{path}: not a readable Parquet record file{with_filters} ({exc})") from exc
+    try:
+        return table.cast(read_schema(columns, categorical))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise RecordError(f"{path}: record columns have the wrong types ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """A record file of a run; rows from ``superseded_from`` on were replaced by a resumed session."""
+
+    path: Path
+    part: int | None  # None for the compacted file
+    superseded_from: int | None  # a global_step, or None when every row counts
+
+
+def _resumes(meta: dict, meta_file: Path) -> list[dict[str, int]]:
+    resumes = meta.get(RESUMES_FIELD, [])
+    valid = isinstance(resumes, list) and all(
+        isinstance(r, dict) and isinstance(r.get("global_step"), int) and isinstance(r.get("first_part"), int)
+        for r in resumes
+    )
+    if not valid:
+        raise RecordError(f"{meta_file}: field {RESUMES_FIELD!r} must be a list of {{global_step, first_part}} integers")
+    return resumes
+
+
+def _earliest(resumes: list[dict[str, int]]) -> int | None:
+    return min((r["global_step"] for r in resumes), default=None)
+
+
+def part_path(run_dir: Path, number: int) -> Path:
+    """Where a run's record part ``number`` lives."""
+    return run_dir / RECORDS_PARTS_DIR / f"part-{number:06d}.parquet"
+
+
+def _part_index(part: Path) -> int:
+    try:
+        return int(part.name.removeprefix("part-").removesuffix(".parquet"))
+    except ValueError:
+        raise RecordError(f"{part}: not a record part (parts are named part-<number>.parquet)") from None
+
+
+def _compacted_counts(compacted: Path) -> tuple[int, int]:
+    """How many parts the compacted file absorbed and how many resumes were applied to it (0, 0 if none)."""
+    if not compacted.is_file():
+        return 0, 0
+    try:
+        metadata = pq.read_schema(compacted).metadata or {}
+        return int(metadata.get(COMPACTED_PARTS_KEY, 0)), int(metadata.get(RESUMES_APPLIED_KEY, 0))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise RecordError(f"{compacted}: not a readable Parquet record file ({exc})") from exc
+
+
+def next_part_number(run_dir: Path, meta: dict) -> int:
+    """The number a run's next record part gets: past every part written so far, compacted or not."""
+    first_part, _ = _compacted_counts(run_dir / RECORDS_FILE)
+    return max([first_part] + [f.part + 1 for f in record_files(run_dir, meta) if f.part is not None])
+
+
+def record_files(run_dir: Path, meta: dict) -> list[RecordFile]:
+    """The record files of a run, in order: the compacted file of a closed run, then any parts not in it."""
+    resumes = _resumes(meta, run_dir / RUN_META_FILE)
+    files = []
+    compacted = run_dir / RECORDS_FILE
+    first_part, applied = _compacted_counts(compacted)
+    if compacted.is_file():
+        files.append(RecordFile(compacted, None, _earliest(resumes[applied:])))
+    parts_dir = run_dir / RECORDS_PARTS_DIR
+    parts = sorted(parts_dir.glob("part-*.parquet"), key=lambda p: (_part_index(p), p.name)) if parts_dir.is_dir() else []
+    for part in parts:
+        index = _part_index(part)
+        if index >= first_part:  # lower parts are already in the compacted file
+            files.append(RecordFile(part, index, _earliest([r for r in resumes if index < r["first_part"]])))
+    return files
+
+
+def with_cutoff(filters: Filters | None, superseded_from: int | None) -> Filters | None:
+    if superseded_from is None:
+        return filters
+    cutoff = pc.field("global_step") < superseded_from
+    if filters is None:
+        return cutoff
+    return (filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters)) & cutoff
+
+
+def read_record_table(run_dir: Path, meta: dict) -> pa.Table:
+    """Every current row of a run's record files in ``RECORD_SCHEMA``, superseded rows left out.
+
+    Strict: any damaged file raises. The writer compacts a run with it.
+    """
+    tables = [
+        read_record_file(f.path, list(COLUMN_NAMES), with_cutoff(None, f.superseded_from))
+        for f in record_files(run_dir, meta)
+    ]
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def holds_records(run_dir: Path) -> bool:
+    """True when ``run_dir`` already holds budget records (compacted or as parts)."""
+    parts_dir = run_dir / RECORDS_PARTS_DIR
+    return (run_dir / RECORDS_FILE).exists() or (parts_dir.exists() and any(parts_dir.iterdir()))
+
+
+def with_resume(meta: dict[str, Any], global_step: int, first_part: int) -> dict[str, Any]:
+    """``meta`` with one more resume listed: rows from ``global_step`` on before part ``first_part`` are superseded."""
+    return meta | {RESUMES_FIELD: meta.get(RESUMES_FIELD, []) + [{"global_step": int(global_step), "first_part": first_part}]}
+
+
+def compact(run_dir: Path, meta: dict[str, Any], parts_written: int) -> pa.Table:
+    """Write a closed run's current rows as ``records.parquet``, then remove its parts; returns the rows.
+
+    The compacted file is complete on disk (temporary name, fsync, rename) before any part is removed.
+    """
+    table = read_record_table(run_dir, meta)
+    if table.num_rows:
+        metadata = RECORD_SCHEMA.metadata | {
+            COMPACTED_PARTS_KEY: str(parts_written).encode(),
+            RESUMES_APPLIED_KEY: str(len(meta.get(RESUMES_FIELD, []))).encode(),
+        }
+        write_parquet_atomic(table.replace_schema_metadata(metadata), run_dir / RECORDS_FILE)
+    shutil.rmtree(run_dir / RECORDS_PARTS_DIR)
+    return table
+
+
+def write_run_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / RUN_META_FILE, meta)
