@@ -1,36 +1,27 @@
 """The read side of qformer-budget: load records into tidy tables and compute metrics.
 
+Modules: ``load`` (records into pandas), ``selection`` (one step per run, structural zeros; the conventions
+of every metric), ``shares`` (the budget per block, layer, module), ``importance`` (scores, concentration,
+correlation), ``statistics`` (over seeds), ``summaries`` (per run and module, xarray), ``replay`` (AdaLoRA's
+masks recomputed).
+
 Nothing here imports torch, peft or matplotlib; figures are drawn by :mod:`qformer_budget.plotting`.
 """
 
 from qformer_budget.core.run_folder import RecordError
 from qformer_budget.core.schema import COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 
+from .importance import allocation_correlation, allocation_entropy, normalized_importance, seed_correlation
 from .load import STRING_COLUMNS, RecordWarning, find_runs, load_metrics, load_runs, read_run
-from .metrics import (
-    allocation_correlation,
-    allocation_entropy,
-    block_share,
-    bootstrap_block_share,
-    compare_benchmarks,
-    last_recorded_step,
-    layer_share,
-    mark_structural,
-    module_summary,
-    normalized_importance,
-    permutation_test,
-    rank_retention,
-    rank_trajectories,
-    run_summary,
-    seed_correlation,
-    select_step,
-    settle_step,
-    to_xarray,
-)
 from .replay import rank_pattern_for_lora, replay_allocation
+from .selection import last_recorded_step, mark_structural, select_step
+from .shares import NORMALIZATIONS, block_share, layer_share, rank_retention, rank_trajectories, settle_step
+from .statistics import bootstrap_block_share, compare_benchmarks, permutation_test
+from .summaries import module_summary, run_summary, to_xarray
 
 __all__ = [
     "COLUMNS",
+    "NORMALIZATIONS",
     "RECORD_SCHEMA",
     "SCHEMA_VERSION",
     "STRING_COLUMNS",

@@ -160,7 +160,7 @@ def load_runs(
       list of such lists (OR of ANDs), or a ``pyarrow.compute`` expression; on record columns only;
     - ``categorical``: the label columns (``STRING_COLUMNS``: run, benchmark, phase, module, sublayer,
       block, proj, status) as pandas categoricals with sorted categories instead of strings: several
-      times less memory and faster grouping and filtering; the metrics of ``analysis.metrics`` accept both;
+      times less memory and faster grouping and filtering; the metrics of ``qformer_budget.analysis`` accept both;
     - ``max_workers``: threads reading runs side by side (default: one per CPU, at most 8).
     """
     runs = find_runs(path)

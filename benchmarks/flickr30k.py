@@ -16,10 +16,28 @@ paper's ``blip_caption`` processor lowercases them and strips punctuation, which
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from PIL import ImageDraw
+
+from .drawing import (
+    COLOR_NAMES,
+    SHAPES,
+    SPLITS,
+    draw_shape,
+    noisy_background,
+    pick,
+    sample,
+    save_jpeg,
+    split_rng,
+    with_article,
+    write_json,
+)
 from .examples import (
     BenchmarkDataError,
     Example,
@@ -132,3 +150,116 @@ def load_flickr30k(root: str | os.PathLike, split: str) -> list[Example]:
     raise BenchmarkDataError(
         f"annotation file not found for Flickr30k split {split!r}: looked for {looked_for}"
     )
+
+
+# ---------------------------------------------------------------- the synthetic stand-in
+
+FLICKR_POSITIONS = {
+    "on the left": (0.25, 0.5),
+    "on the right": (0.75, 0.5),
+    "at the top": (0.5, 0.25),
+    "at the bottom": (0.5, 0.75),
+    "in the middle": (0.5, 0.5),
+}
+ONE_SHAPE_CAPTIONS = (
+    "{a} {position}.",
+    "{a} alone {position}.",
+    "{a} on a plain background.",
+    "A picture of {a}.",
+    "There is {a} {position}.",
+)
+ROW_OF_TWO_CAPTIONS = (
+    "{a} to the left of {b}.",
+    "{b} to the right of {a}.",
+    "{a} and {b} side by side.",
+    "Two shapes: {a} on the left and {b} on the right.",
+    "{a} next to {b}.",
+)
+COLUMN_OF_TWO_CAPTIONS = (
+    "{a} above {b}.",
+    "{b} below {a}.",
+    "{a} and {b}, one above the other.",
+    "Two shapes: {a} at the top and {b} at the bottom.",
+    "{a} over {b}.",
+)
+ROW_OF_THREE_CAPTIONS = (
+    "{a}, {b} and {c} in a row.",
+    "Three shapes: {a} on the left, {b} in the middle and {c} on the right.",
+    "{b} between {a} and {c}.",
+    "{a} to the left of {b} and {c}.",
+    "A row of three shapes: {a}, {b} and {c}.",
+)
+FLICKR_FIRST_IMAGE_ID = 100000001
+
+
+def _caption(template: str, **names: str) -> str:
+    """``template`` filled in, its first letter capitalised as in Flickr30k's sentences."""
+    text = template.format(**names)
+    return text[0].upper() + text[1:]
+
+
+def _flickr_scene(rng: np.random.Generator) -> tuple[list[tuple[str, str, tuple[float, float]]], list[str]]:
+    """((shape, colour, relative centre) of each shape, five captions). Colours differ within a scene."""
+    count = int(rng.integers(1, 4))
+    colors = sample(rng, COLOR_NAMES, count)
+    shapes = sample(rng, SHAPES, 3) if count == 3 else [pick(rng, SHAPES) for _ in range(count)]
+    names = {letter: with_article(f"{color} {shape}") for letter, color, shape in zip("abc", colors, shapes)}
+    if count == 1:
+        position = pick(rng, tuple(FLICKR_POSITIONS))
+        centers = [FLICKR_POSITIONS[position]]
+        captions = [_caption(template, position=position, **names) for template in ONE_SHAPE_CAPTIONS]
+    elif count == 2 and rng.random() < 0.5:
+        centers = [(0.27, 0.5), (0.73, 0.5)]
+        captions = [_caption(template, **names) for template in ROW_OF_TWO_CAPTIONS]
+    elif count == 2:
+        centers = [(0.5, 0.27), (0.5, 0.73)]
+        captions = [_caption(template, **names) for template in COLUMN_OF_TWO_CAPTIONS]
+    else:
+        centers = [(1 / 6, 0.5), (0.5, 0.5), (5 / 6, 0.5)]
+        captions = [_caption(template, **names) for template in ROW_OF_THREE_CAPTIONS]
+    return list(zip(shapes, colors, centers)), sample(rng, captions, len(captions))
+
+
+def write_synthetic_flickr30k(root: Path, seed: int, sizes: dict[str, int], image_size: int) -> None:
+    """``flickr30k-images/{id}.jpg`` and LAVIS's ``annotations/flickr30k_{split}.json``."""
+    image_id = FLICKR_FIRST_IMAGE_ID
+    for split in (split for split in SPLITS if split in sizes):
+        rng = split_rng(seed, "flickr30k", split)
+        entries: list[dict[str, Any]] = []
+        for _ in range(sizes[split]):
+            shapes, captions = _flickr_scene(rng)
+            image = noisy_background(rng, image_size, 215, 256, noise=3.0)
+            draw = ImageDraw.Draw(image)
+            radius = image_size * (0.2, 0.15, 0.12)[len(shapes) - 1]
+            for shape, color, (x, y) in shapes:
+                jitter = rng.uniform(-0.04, 0.04, size=2)
+                center = ((x + jitter[0]) * image_size, (y + jitter[1]) * image_size)
+                draw_shape(draw, shape, center, radius, color)
+            image_name = f"flickr30k-images/{image_id}.jpg"
+            save_jpeg(image, root / image_name)
+            if split == "train":
+                entries += [
+                    {"caption": caption, "image": image_name, "image_id": str(image_id)}
+                    for caption in captions
+                ]
+            else:
+                entries.append({"image": image_name, "caption": captions})
+            image_id += 1
+        write_json(entries, root / "annotations" / f"flickr30k_{split}.json")
+
+
+def synthetic_flickr30k_texts() -> set[str]:
+    texts = {FLICKR30K_PROMPT}
+    objects = [(color, with_article(f"{color} {shape}")) for color in COLOR_NAMES for shape in SHAPES]
+    for _, a in objects:
+        for position in FLICKR_POSITIONS:
+            texts |= {_caption(template, a=a, position=position) for template in ONE_SHAPE_CAPTIONS}
+    for (color_a, a), (color_b, b) in itertools.permutations(objects, 2):
+        if color_a != color_b:
+            templates = ROW_OF_TWO_CAPTIONS + COLUMN_OF_TWO_CAPTIONS
+            texts |= {_caption(template, a=a, b=b) for template in templates}
+    for colors in itertools.permutations(COLOR_NAMES, 3):
+        for shapes in itertools.permutations(SHAPES, 3):
+            a, b, c = (with_article(f"{color} {shape}") for color, shape in zip(colors, shapes))
+            texts |= {_caption(template, a=a, b=b, c=c) for template in ROW_OF_THREE_CAPTIONS}
+    return texts

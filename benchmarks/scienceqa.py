@@ -17,12 +17,30 @@ as in the paper's preprocessing.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
 
+from .drawing import (
+    COLOR_NAMES,
+    SHAPES,
+    SPLITS,
+    WHITE,
+    draw_shape,
+    lettered_variants,
+    pick,
+    sample,
+    save_png,
+    split_rng,
+    write_json,
+)
 from .examples import (
     BenchmarkDataError,
     Example,
@@ -137,3 +155,152 @@ def load_scienceqa_parquet(path: str | os.PathLike, split: str) -> list[Example]
             image_bytes = require_type(image.get("bytes"), bytes, where, "the image's bytes")
             examples.append(_example(example_id, row, where, image_bytes=image_bytes))
     return examples
+
+
+# ---------------------------------------------------------------- the synthetic stand-in
+
+@dataclass(frozen=True)
+class _RuleFamily:
+    """A kind of made-up rule: which feature of the object (colour or shape) decides which property."""
+
+    topic: str
+    key_kind: str  # "color" or "shape": the feature the rule reads off the image
+    clause: str  # one clause of the rule, with {key} and {value}
+    values: tuple[str, ...]  # the properties the rule hands out
+    answers: tuple[str, ...]  # the answer option for each value, same order
+    nouns: tuple[str, ...]  # what the question calls the object
+    question: str  # with {noun} and {where} (" in the picture" or "")
+    lecture: str
+
+    def keys(self) -> tuple[str, ...]:
+        return COLOR_NAMES if self.key_kind == "color" else SHAPES
+
+    def fact(self, noun: str, key: str) -> str:
+        """The sentence a text-only problem adds to the hint, e.g. "The circle is red."."""
+        return f"The {noun} is {key}." if self.key_kind == "color" else f"The {noun} is a {key}."
+
+    def hint(self, keys: Sequence[str]) -> str:
+        """The rule giving ``keys[i]`` the property ``values[i]``."""
+        clauses = [self.clause.format(key=key, value=value) for key, value in zip(keys, self.values)]
+        joined = clauses[0] if len(clauses) == 1 else f"{', '.join(clauses[:-1])} and {clauses[-1]}"
+        return f"In this world, {joined}."
+
+    def solution(self, noun: str, key: str, value_index: int) -> str:
+        clause = self.clause.format(key=key, value=self.values[value_index])
+        answer = self.answers[value_index]
+        return f"{self.fact(noun, key)} In this world, {clause}. So, the answer is {answer}."
+
+    def drawn_shape(self, noun: str, key: str) -> str:
+        if self.key_kind == "shape":
+            return key
+        return noun if noun in SHAPES else "triangle"
+
+
+_LECTURE = (
+    "In a made-up world, a rule can link the {feature} of a thing to {property}. "
+    "To use the rule, first find the {feature} of the object."
+)
+RULE_FAMILIES = (
+    _RuleFamily(
+        "physics", "color", "{key} things are {value}", ("hot", "cold"), ("hot", "cold"), SHAPES,
+        "Is the {noun}{where} hot or cold?", _LECTURE.format(feature="colour", property="how hot it is"),
+    ),
+    _RuleFamily(
+        "physics", "color", "{key} things {value}", ("float", "sink"), ("float", "sink"), SHAPES,
+        "Will the {noun}{where} float or sink?",
+        _LECTURE.format(feature="colour", property="whether it floats"),
+    ),
+    _RuleFamily(
+        "physics", "shape", "{key}s are {value}", ("magnetic", "not magnetic"), ("yes", "no"), ("object",),
+        "Is the {noun}{where} magnetic?", _LECTURE.format(feature="shape", property="whether it is magnetic"),
+    ),
+    _RuleFamily(
+        "biology", "color", "{key} birds fly {value}", ("north", "south", "east", "west"),
+        ("north", "south", "east", "west"), ("bird",),
+        "Which way will the {noun}{where} fly?",
+        _LECTURE.format(feature="colour", property="the way it flies"),
+    ),
+)
+SCIENCEQA_GRADES = ("grade2", "grade3", "grade4", "grade5")
+SCIENCEQA_MAX_OPTIONS = 4
+IN_THE_PICTURE = " in the picture"
+
+
+def _scienceqa_problem(
+    rng: np.random.Generator, split: str, with_image: bool
+) -> tuple[dict[str, Any], tuple[str, str]]:
+    """One problems.json record and the (shape, colour) its image shows."""
+    family = pick(rng, RULE_FAMILIES)
+    keys = sample(rng, family.keys(), len(family.values))
+    value_index = int(rng.integers(len(keys)))
+    key, noun = keys[value_index], pick(rng, family.nouns)
+    correct = family.answers[value_index]
+    option_count = int(rng.integers(2, len(family.answers) + 1))
+    others = sample(rng, [answer for answer in family.answers if answer != correct], option_count - 1)
+    choices = sample(rng, [correct, *others], option_count)
+    hint = family.hint(keys) if with_image else f"{family.hint(keys)} {family.fact(noun, key)}"
+    color = key if family.key_kind == "color" else pick(rng, COLOR_NAMES)
+    record = {
+        "question": family.question.format(noun=noun, where=IN_THE_PICTURE if with_image else ""),
+        "choices": choices,
+        "answer": choices.index(correct),
+        "hint": hint,
+        "image": "image.png" if with_image else None,
+        "task": "closed choice",
+        "grade": pick(rng, SCIENCEQA_GRADES),
+        "subject": "natural science",
+        "topic": family.topic,
+        "category": "Rules of a made-up world",
+        "skill": "Use a rule and a picture",
+        "lecture": family.lecture,
+        "solution": family.solution(noun, key, value_index),
+        "split": split,
+    }
+    return record, (family.drawn_shape(noun, key), color)
+
+
+def write_synthetic_scienceqa(root: Path, seed: int, sizes: dict[str, int], image_size: int) -> None:
+    """``problems.json``, ``pid_splits.json`` (with ``trainval``) and ``images/{split}/{pid}/image.png``."""
+    problems: dict[str, dict[str, Any]] = {}
+    pid_splits: dict[str, list[str]] = {}
+    for split in (split for split in SPLITS if split in sizes):
+        rng = split_rng(seed, "scienceqa", split)
+        image_count, text_count = sizes[split], (sizes[split] + 3) // 4
+        kinds = sample(rng, [True] * image_count + [False] * text_count, image_count + text_count)
+        pid_splits[split] = []
+        for with_image in kinds:
+            record, (shape, color) = _scienceqa_problem(rng, split, with_image)
+            pid = str(len(problems) + 1)
+            problems[pid] = record
+            pid_splits[split].append(pid)
+            if with_image:
+                image = Image.new("RGB", (image_size, image_size), WHITE)
+                center = tuple(rng.uniform(0.3, 0.7, size=2) * image_size)
+                radius = rng.uniform(0.15, 0.25) * image_size
+                draw_shape(ImageDraw.Draw(image), shape, center, radius, color)
+                save_png(image, root / "images" / split / pid / "image.png")
+    if "train" in pid_splits and "val" in pid_splits:
+        pid_splits["trainval"] = pid_splits["train"] + pid_splits["val"]
+    write_json(problems, root / "problems.json")
+    write_json(pid_splits, root / "pid_splits.json")
+
+
+def synthetic_scienceqa_texts() -> set[str]:
+    texts = set()
+    for family in RULE_FAMILIES:
+        texts |= {family.lecture, *family.answers} | lettered_variants(family.answers, SCIENCEQA_MAX_OPTIONS)
+        for noun in family.nouns:
+            texts |= {family.question.format(noun=noun, where=where) for where in (IN_THE_PICTURE, "")}
+        for keys in itertools.permutations(family.keys(), len(family.values)):
+            hint = family.hint(keys)
+            texts.add(hint)
+            for value_index, key in enumerate(keys):
+                for noun in family.nouns:
+                    texts.add(f"{hint} {family.fact(noun, key)}")
+                    texts.add(family.solution(noun, key, value_index))
+        first_hint = family.hint(family.keys()[: len(family.values)])
+        for noun in family.nouns:
+            question = family.question.format(noun=noun, where=IN_THE_PICTURE)
+            options = lettered_options(family.answers)
+            texts.add(scienceqa_prompt(question, first_hint, family.lecture, options))
+    return texts

@@ -20,12 +20,10 @@ steps x 120 modules). Every run is a finished run folder (``run.json`` + ``recor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +37,17 @@ from qformer_budget.core.adalora_rules import (
     check_ranks,
     threshold_rank,
 )
+from qformer_budget.core.atomic import temporary_name
 from qformer_budget.core.grammar import is_structural, sublayer_label, target_modules_regex
-
-from qformer_budget.core.schema import COMPACTED_PARTS_KEY, PHASES, RECORD_SCHEMA, RECORDS_FILE, RESUMES_APPLIED_KEY, RUN_META_FILE
-from qformer_budget.core.schema import SCHEMA_VERSION
+from qformer_budget.core.run_folder import adalora_tag, package_versions, run_path, write_run_meta
+from qformer_budget.core.schema import (
+    COMPACTED_PARTS_KEY,
+    PHASES,
+    RECORD_SCHEMA,
+    RECORDS_FILE,
+    RESUMES_APPLIED_KEY,
+    SCHEMA_VERSION,
+)
 
 BENCHMARKS: tuple[str, ...] = ("scienceqa", "iconqa", "flickr30k", "vizwiz")
 
@@ -131,8 +136,8 @@ class Schedule(AdaLoraSchedule):
 
     @property
     def method_tag(self) -> str:
-        """The runner's folder name of this configuration (``runner.config.MethodSpec.tag``)."""
-        return f"adalora-all_linear-r{self.init_r}to{self.target_r}"
+        """The runner's folder name of this configuration: AdaLoRA on every Q-Former Linear."""
+        return adalora_tag("adalora", "all_linear", self.init_r, self.target_r)
 
     def budget_of(self, global_step: int, n_modules: int) -> int:
         """The budget at ``global_step`` with ``n_modules`` adapted modules."""
@@ -267,16 +272,9 @@ def _chunk_table(
     return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
 
 
-def _package_version() -> str:
-    try:
-        return version("qformer-budget")
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def run_folder(out_dir: str | os.PathLike, benchmark: str, seed: int, schedule: Schedule) -> Path:
     """Where the runner puts a run: ``<out_dir>/<benchmark>/<method tag>/seed<seed>``."""
-    return Path(out_dir) / benchmark / schedule.method_tag / f"seed{seed}"
+    return run_path(Path(out_dir), benchmark, schedule.method_tag, seed)
 
 
 def write_synthetic_run(
@@ -304,7 +302,8 @@ def write_synthetic_run(
     schema = RECORD_SCHEMA.with_metadata(
         RECORD_SCHEMA.metadata | {COMPACTED_PARTS_KEY: str(len(group_starts)).encode(), RESUMES_APPLIED_KEY: b"0"}
     )
-    with pq.ParquetWriter(run_dir / RECORDS_FILE, schema, compression="zstd") as writer:
+    records_file = run_dir / RECORDS_FILE
+    with pq.ParquetWriter(temporary_name(records_file), schema, compression="zstd") as writer:
         for start in group_starts:
             chunk = slice(start, start + steps_per_group)
             table = _chunk_table(
@@ -334,7 +333,7 @@ def write_synthetic_run(
             "target_modules": target_modules_regex("all_linear"),
         },
         "modules": [m.module for m in modules],
-        "versions": {"qformer-budget": _package_version()},
+        "versions": package_versions(),
         "method": schedule.method_tag,
         "preset": "synthetic",
         "synthetic": {"generator": "qformer_budget.benchmarks.synthetic_records", "rng_seed": rng_seed},
@@ -343,7 +342,8 @@ def write_synthetic_run(
         "recorded_steps": int(len(steps["global_step"])),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (run_dir / RUN_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary_name(records_file), records_file)
+    write_run_meta(run_dir, meta)
     return run_dir
 
 

@@ -22,7 +22,6 @@ import numpy as np
 
 from .schema import PHASES
 
-
 # The sweep runner's default phases: 10 % warmup, 20 % final phase with the rank pattern frozen.
 WARMUP_FRACTION = 0.1
 FINAL_FRACTION = 0.2

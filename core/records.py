@@ -8,9 +8,8 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from qformer_budget.core.schema import RECORD_SCHEMA, SCHEMA_VERSION
-
 from qformer_budget.core.grammar import parse_sublayer
+from qformer_budget.core.schema import RECORD_SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)

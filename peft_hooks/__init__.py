@@ -15,21 +15,15 @@ from qformer_budget.core.grammar import (
     sublayer_label,
     target_modules_regex,
 )
+from qformer_budget.core.records import ModuleInfo, StepRecord
 
+from .adapter_io import load_adapter, save_adapter
 from .callback import AdaLoraBudgetCallback
+from .config import AdaLoraSetup, TrainingPlan
 from .fast_allocator import FastRankAllocator, use_fast_allocator
 from .live import LiveViewSink
+from .model import AdaLoraPeftModel, add_adalora, find_adalora_model
 from .recorder import BudgetRecorder, is_main_process, triplet_scores
-from qformer_budget.core.records import ModuleInfo, StepRecord
-from .setup import (
-    AdaLoraPeftModel,
-    AdaLoraSetup,
-    TrainingPlan,
-    add_adalora,
-    find_adalora_model,
-    load_adapter,
-    save_adapter,
-)
 from .sinks import ParquetSink, RecordSink
 from .tensorboard import TensorBoardSink
 from .tracking import MlflowSink, WandbSink

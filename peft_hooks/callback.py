@@ -15,9 +15,9 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .model import find_adalora_model
 from .recorder import BudgetRecorder
 from .resume import BUDGET_STATE_FILE, load_budget_state, save_budget_state, untrimmed_adapter_saves
-from .setup import find_adalora_model
 from .sinks import RecordSink
 
 

@@ -20,10 +20,10 @@ import torch
 from peft.tuners.adalora import AdaLoraModel
 
 from qformer_budget.core.adalora_rules import kept_directions, rank_pattern_keys, threshold_rank
-
-from .peft_internals import AVERAGES, RankAllocator, allocator_averages, allocator_takes, deepspeed_active
 from qformer_budget.core.records import ModuleInfo
-from .setup import find_adalora_model
+
+from .model import find_adalora_model
+from .peft_internals import AVERAGES, RankAllocator, allocator_averages, allocator_takes, deepspeed_active
 
 _ADAPTER_MATRICES = ("lora_A", "lora_E", "lora_B")
 

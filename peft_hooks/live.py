@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qformer_budget.core.records import ModuleInfo, StepRecord
-from .sinks import RecordSink
 from qformer_budget.core.grammar import BLOCKS
+from qformer_budget.core.records import ModuleInfo, StepRecord
+
+from .sinks import RecordSink
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

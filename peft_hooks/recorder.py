@@ -18,7 +18,6 @@ several times faster).
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,14 @@ import torch
 from peft.tuners.adalora import AdaLoraModel
 
 from qformer_budget.core.adalora_rules import AdaLoraSchedule, kept_directions, threshold_rank
+from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.core.run_folder import package_versions
 from qformer_budget.core.schema import SCHEMA_VERSION
 
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
+from .model import allocator_parameters, find_adalora_model
 from .peft_internals import AdaLoraLayer
-from qformer_budget.core.records import ModuleInfo, StepRecord
 from .sinks import ParquetSink, RecordSink
-from .setup import allocator_parameters, find_adalora_model
 
 
 def is_main_process() -> bool:
@@ -40,16 +40,6 @@ def is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
-
-
-def package_versions() -> dict[str, str]:
-    found = {}
-    for name in ("qformer-budget", "torch", "transformers", "peft"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def adapted_modules(adalora: AdaLoraModel, adapter: str) -> tuple[ModuleInfo, ...]:

@@ -26,8 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .fast_allocator import FastRankAllocator
+from .model import allocator_parameters, find_adalora_model
 from .peft_internals import AVERAGES, allocator_averages, set_allocator_averages
-from .setup import allocator_parameters, find_adalora_model
 
 BUDGET_STATE_FILE = "qformer_budget_state.safetensors"
 STATE_FORMAT = "qformer-budget-adalora-state/1"

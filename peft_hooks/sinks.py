@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qformer_budget.core.atomic import write_parquet_atomic
+from qformer_budget.core.records import StepRecord
 from qformer_budget.core.run_folder import (
     compact,
     holds_records,
@@ -40,8 +41,6 @@ from qformer_budget.core.run_folder import (
     write_run_meta,
 )
 from qformer_budget.core.schema import RECORDS_PARTS_DIR, RUN_META_FILE
-
-from qformer_budget.core.records import StepRecord
 
 
 class RecordSink:

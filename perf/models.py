@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor, T5Config
+from transformers import (
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipProcessor,
+    T5Config,
+)
 
-from qformer_budget.peft_hooks.setup import seeded
+from qformer_budget.peft_hooks.model import seeded
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qformer_budget.analysis.metrics import (
+from qformer_budget.analysis import (
     block_share,
     bootstrap_block_share,
     last_recorded_step,
@@ -45,7 +45,7 @@ def structural_cells(table: pd.DataFrame, last_layer: int | None = None) -> pd.D
     """Bool mask of a layer x sublayer table (heatmap or difference): True on the structural cells.
 
     The structural cells are the text FFN (``ffn_text.*`` columns) of the last Q-Former layer, the same
-    rule as :func:`analysis.metrics.mark_structural`: only the query positions of the last layer reach the
+    rule as :func:`analysis.mark_structural`: only the query positions of the last layer reach the
     LLM, so its text FFN gets no task gradient and its rank is a property of the architecture, not a
     finding. ``last_layer`` defaults to the table's deepest row; pass the model's last layer when the
     placement left the deepest layers out. Cells without a module (NaN) are never structural.
@@ -131,7 +131,7 @@ def trajectory_data(
     """Per block over recorded steps: each seed's ``value`` and the mean over seeds, for trajectory plots.
 
     ``value`` is ``"share"`` (share of the kept rank, normalised as in
-    :func:`analysis.metrics.block_share`) or ``"rank"`` (sum of the block's kept ranks). Columns
+    :func:`analysis.block_share`) or ``"rank"`` (sum of the block's kept ranks). Columns
     ``benchmark, line, seed, step, block, value, n_seeds``: rows with ``line == "seed"`` hold one seed
     (``n_seeds`` 1), rows with ``line == "mean"`` the mean over the seeds recorded at that step
     (``seed`` is NA). Structural rows are left out unless ``include_structural``.
@@ -183,7 +183,7 @@ def importance_data(
     final phase, so this is usually the final mask step); an ``int`` takes that step in every run.
     Columns ``run, benchmark, seed, step, module, sublayer, layer, block, proj, score, log10_score,
     structural``: ``log10_score`` is NaN where ``score <= 0`` (no place on a log axis); ``structural``
-    flags the last layer's text FFN (:func:`analysis.metrics.mark_structural`), kept unless
+    flags the last layer's text FFN (:func:`analysis.mark_structural`), kept unless
     ``include_structural`` is False so that plots can mark it. Rows with no score or no block are dropped.
     """
 
@@ -213,8 +213,8 @@ def block_share_ci_data(
 ) -> pd.DataFrame:
     """Mean final block share per benchmark with a seed-bootstrap confidence interval, for bar charts.
 
-    :func:`analysis.metrics.block_share` at each run's last step with ``normalize`` (``"rank"``,
-    ``"module"`` or ``"parameter"``), then :func:`analysis.metrics.bootstrap_block_share`. Columns
+    :func:`analysis.block_share` at each run's last step with ``normalize`` (``"rank"``,
+    ``"module"`` or ``"parameter"``), then :func:`analysis.bootstrap_block_share`. Columns
     ``benchmark, block, normalize, confidence, n_seeds, mean, ci_low, ci_high``; the interval is NaN with
     one seed, and with 2 or 3 seeds it is crude (see ``bootstrap_block_share``).
     Structural rows are left out unless ``include_structural``.

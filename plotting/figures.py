@@ -18,18 +18,11 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from qformer_budget.analysis import NORMALIZATIONS, block_share
 from qformer_budget.analysis.load import load_runs
+from qformer_budget.core.run_folder import method_tag_of
 from qformer_budget.core.schema import COLUMN_NAMES
-from qformer_budget.analysis.metrics import NORMALIZATIONS, block_share
-from .plots import (
-    plot_block_share_ci,
-    plot_budget_schedule,
-    plot_heatmap_grid,
-    plot_importance,
-    plot_rank_difference,
-    plot_rank_heatmap,
-    plot_rank_trajectories,
-)
+
 from .figure_data import (
     block_share_ci_data,
     budget_schedule_data,
@@ -38,6 +31,15 @@ from .figure_data import (
     phase_spans,
     rank_difference_data,
     trajectory_data,
+)
+from .plots import (
+    plot_block_share_ci,
+    plot_budget_schedule,
+    plot_heatmap_grid,
+    plot_importance,
+    plot_rank_difference,
+    plot_rank_heatmap,
+    plot_rank_trajectories,
 )
 
 FIGURE_DPI = 150
@@ -86,21 +88,17 @@ def _file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
 
 
-def _run_method(run: str) -> str:
-    return Path(run).parent.name
-
-
 def _select_runs(records: pd.DataFrame, method: str | None) -> pd.DataFrame:
     """The records of one configuration: ``method`` (the runs' parent folder name) if given, checked unique."""
     if method is not None:
-        methods = records["run"].map(_run_method)
+        methods = records["run"].map(method_tag_of)
         if not (methods == method).any():
             raise ValueError(f"no run of method {method!r}; methods found: {sorted(methods.unique())}")
         records = records[methods == method]
     runs = records.groupby(["benchmark", "seed"])["run"].nunique()
     if (runs > 1).any():
         clashes = runs[runs > 1].index.tolist()
-        methods = sorted(records["run"].map(_run_method).unique())
+        methods = sorted(records["run"].map(method_tag_of).unique())
         raise ValueError(
             f"several runs share a benchmark and seed {clashes[:3]}: the folder holds several configurations "
             f"({', '.join(methods)}); choose one with method= (--method)"

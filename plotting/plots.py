@@ -506,7 +506,7 @@ def plot_block_share_ci(
     ``data`` is ``qformer_budget.plotting.figure_data.block_share_ci_data`` (``benchmark, block, mean, ci_low, ci_high``):
     one group of bars per benchmark, one bar per block in the block's colour, an error bar from
     ``ci_low`` to ``ci_high`` where the interval is defined (2+ seeds). ``seed_shares``
-    (``analysis.metrics.block_share`` at the final step) adds each seed's share as a dot.
+    (``analysis.block_share`` at the final step) adds each seed's share as a dot.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 1.5 * data["benchmark"].nunique() + 2.5), 4))

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from qformer_budget.runner.methods import METHODS  # the registry loads without torch
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo_config, metrics_table, run_demo
@@ -78,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     params = commands.add_parser("params", help="trainable parameters of the paper's grid, counted on the meta device")
     params.add_argument("--presets", nargs="+", default=None, help="model presets (default: all)")
     params.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
-    params.add_argument(  # runner.params.METHODS, written out so that --help needs no torch import
-        "--methods", nargs="+", default=["lora"], choices=["lora", "adalora", "routed_lora", "routed_adalora", "memvp"]
-    )
+    params.add_argument("--methods", nargs="+", default=["lora"], choices=list(METHODS))
     params.set_defaults(handler=_params)
 
     figures = commands.add_parser(

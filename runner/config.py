@@ -1,7 +1,9 @@
 """The sweep config file: a TOML document, validated into dataclasses with exact error messages.
 
-A sweep is the grid benchmarks x methods x seeds; every method entry may give lists for
-``placement`` and ``rank`` (or ``init_r``/``target_r``), which expand into one method each.
+A sweep is the grid benchmarks x methods x seeds; every method entry may give lists for ``name``,
+``placement`` and ``rank`` (or ``init_r``/``target_r``), which expand into one method each. Each method
+takes the settings of its registered dataclass (``runner.methods``); a setting of another method the entry
+names is validated and left to that method, and a setting of a method the entry does not name is refused.
 Relative paths are taken from the current folder, as on the command line. Input paths
 (``data.root``, ``model.path``) may point anywhere; every run folder stays inside ``sweep.out``:
 names that become folder names (benchmarks, method tags built from ``placement``) cannot be
@@ -42,8 +44,9 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from qformer_budget.benchmarks.registry import BENCHMARKS
-from qformer_budget.core.adalora_rules import FINAL_FRACTION, WARMUP_FRACTION
-from qformer_budget.vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
+from qformer_budget.core.run_folder import run_path
+
+from .methods import METHODS, MethodSettings, get_method
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,22 +54,10 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 EVAL_SPLITS = {"scienceqa": "test", "iconqa": "test", "flickr30k": "test", "vizwiz": "val"}  # VizWiz test has no answers
-METHOD_NAMES = ("adalora", "lora", "routed_adalora", "routed_lora", "memvp")
-ADALORA_METHODS = ("adalora", "routed_adalora")  # the methods whose budget is recorded
 
 
 class ConfigError(ValueError):
     """A config file that cannot be run; the message names the file and the key at fault."""
-
-
-def _check_folder_name(name: str, what: str) -> None:
-    """Refuse ``name`` as one folder of a run path if it could lead outside the output folder."""
-    separators = {"/", "\\", os.sep, os.altsep} - {None}
-    if name in ("", ".", "..") or "\0" in name or any(s in name for s in separators) or Path(name).is_absolute():
-        raise ValueError(
-            f"{what} {name!r}, which cannot name a run folder: it must not be empty, '.' or '..', "
-            "absolute, or contain a path separator, so that every run stays inside [sweep].out"
-        )
 
 
 @dataclass(frozen=True)
@@ -120,69 +111,12 @@ class TrainingSection:
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """One trained variant.
-
-    ``adalora`` (init_r -> target_r) and ``lora`` (rank) on one Q-Former placement; ``routed_adalora`` and
-    ``routed_lora``, the same with the routing function ``routing`` in the bottleneck (Qu et al. 2024);
-    ``memvp``, the query outputs as key-value memory in the LM's FFN blocks (Jie et al. 2024), which has no
-    placement or rank (MemVP's defaults, ``vl_methods.memvp.MemVPConfig``).
-    """
-
-    name: str
-    placement: str = "all_linear"
-    rank: int = 8
-    init_r: int = 12
-    target_r: int = 4
-    warmup_fraction: float = WARMUP_FRACTION
-    final_fraction: float = FINAL_FRACTION
-    deltaT: int = 10
-    lora_alpha: float = 8.0
-    record_every: int | None = None
-    routing: str = "matmul"
-
-    def __post_init__(self) -> None:
-        if self.name not in METHOD_NAMES:
-            raise ValueError(f"method name must be one of {list(METHOD_NAMES)}, got {self.name!r}")
-        if self.routing not in ROUTING_VARIANTS:
-            raise ValueError(f"routing must be one of {list(ROUTING_VARIANTS)}, got {self.routing!r}")
-        if not (0 <= self.warmup_fraction < 1 and 0 < self.final_fraction < 1
-                and self.warmup_fraction + self.final_fraction < 1):
-            raise ValueError(
-                "need 0 <= warmup_fraction, 0 < final_fraction and warmup_fraction + final_fraction < 1, got "
-                f"{self.warmup_fraction} and {self.final_fraction}"
-            )
-        _check_folder_name(self.tag, f"placement {self.placement!r} gives the method tag")
-
-    @property
-    def tag(self) -> str:
-        """Folder name of this variant, e.g. ``adalora-all_linear-r12to4``, ``lora-paper_all-r8``,
-        ``routed_lora-multiply-paper_all-r8`` or ``memvp``."""
-        if self.name == "memvp":
-            return "memvp"
-        routing = f"-{self.routing}" if self.routed else ""
-        if self.name in ADALORA_METHODS:
-            return f"{self.name}{routing}-{self.placement}-r{self.init_r}to{self.target_r}"
-        return f"{self.name}{routing}-{self.placement}-r{self.rank}"
-
-    @property
-    def routed(self) -> bool:
-        """Whether a routing function mixes the image into this variant's bottleneck."""
-        return self.name.startswith("routed_")
-
-    @property
-    def records_budget(self) -> bool:
-        """Whether AdaLoRA allocates (and the recorder records) this variant's rank budget."""
-        return self.name in ADALORA_METHODS
-
-
-@dataclass(frozen=True)
 class RunSpec:
     """One cell of the sweep grid, with everything needed to train and evaluate it."""
 
     benchmark: str
     seed: int
-    method: MethodSpec
+    method: MethodSettings
     model: ModelSection
     data: DataSection
     training: TrainingSection
@@ -190,7 +124,7 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return self.out / self.benchmark / self.method.tag / f"seed{self.seed}"
+        return run_path(self.out, self.benchmark, self.method.tag, self.seed)
 
     @property
     def eval_split(self) -> str:
@@ -200,7 +134,7 @@ class RunSpec:
         return {
             "benchmark": self.benchmark,
             "seed": self.seed,
-            "method": dataclasses.asdict(self.method) | {"tag": self.method.tag},
+            "method": self.method.to_dict(),
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data) | {"eval_split": self.eval_split},
             "training": dataclasses.asdict(self.training),
@@ -214,7 +148,7 @@ class SweepConfig:
     model: ModelSection
     data: DataSection
     training: TrainingSection
-    methods: tuple[MethodSpec, ...]
+    methods: tuple[MethodSettings, ...]
 
     @property
     def out(self) -> Path:
@@ -295,7 +229,38 @@ def _build(cls, table: Any, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _expand_methods(entries: Any, where: str) -> tuple[MethodSpec, ...]:
+def _method_settings(values: dict[str, Any], entry_names: list[Any], where: str) -> MethodSettings:
+    """One grid cell of a ``[[methods]]`` entry as its method's settings.
+
+    A key may belong to another method the entry names (``name = ["adalora", "routed_adalora"]`` with
+    ``routing``): it is validated, and left to the methods it belongs to. A key that belongs to none of the
+    entry's methods is refused.
+    """
+    values = dict(values)
+    if "name" not in values:
+        raise ConfigError(f"{where}: missing key 'name'; methods are {list(METHODS)}")
+    name = _check_type(values.pop("name"), str, f"{where}.name")
+    try:
+        method = get_method(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    declared = {m.settings: {f.name for f in fields(m.settings)} for m in METHODS.values()}
+    known = set().union(*declared.values())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known | {'name'})}")
+    foreign = set(values) - declared[method.settings]
+    for settings, keys in declared.items():
+        if foreign & keys:
+            _build(settings, {key: values[key] for key in foreign & keys}, where)
+    for key in sorted(foreign):
+        owners = [m.settings.name for m in METHODS.values() if key in declared[m.settings]]
+        if not set(owners) & set(entry_names):
+            raise ConfigError(f"{where}: {key!r} is a setting of {owners}, not of {sorted(set(entry_names))}")
+    return _build(method.settings, {key: values[key] for key in declared[method.settings] & set(values)}, where)
+
+
+def _expand_methods(entries: Any, where: str) -> tuple[MethodSettings, ...]:
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{where}: give at least one [[methods]] entry")
     methods = []
@@ -304,7 +269,7 @@ def _expand_methods(entries: Any, where: str) -> tuple[MethodSpec, ...]:
             raise ConfigError(f"{where}[{i}]: expected a table")
         grid = {k: v if isinstance(v, list) else [v] for k, v in entry.items()}
         for combination in itertools.product(*grid.values()):
-            methods.append(_build(MethodSpec, dict(zip(grid, combination)), f"{where}[{i}]"))
+            methods.append(_method_settings(dict(zip(grid, combination)), grid.get("name", []), f"{where}[{i}]"))
     tags = [m.tag for m in methods]
     duplicated = sorted({t for t in tags if tags.count(t) > 1})
     if duplicated:

@@ -26,14 +26,12 @@ from functools import lru_cache
 import pandas as pd
 from torch import nn
 
-from qformer_budget.core.adalora_rules import adapter_parameters as core_adapter_parameters
 from qformer_budget.core.grammar import PLACEMENTS as QFORMER_PLACEMENTS
 from qformer_budget.core.grammar import target_modules_regex
-
 from qformer_budget.vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
 from qformer_budget.vl_methods.memvp.layer import find_ffns
 
-from .config import ADALORA_METHODS, METHOD_NAMES
+from .methods import METHODS
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
 
 # The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
@@ -48,7 +46,6 @@ PAPER_PLACEMENTS: tuple[str, ...] = (
     f"{QFORMER_ALL}+llm_all",
 )
 PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
-METHODS = METHOD_NAMES  # routing adds no parameter: a routed adapter trains what the plain one trains
 MEMVP_PLACEMENT = "llm_ffn_memory"  # MemVP's row: visual memory in every FFN block of the LM, no rank
 TABLE_COLUMNS: tuple[str, ...] = (
     "preset", "placement", "method", "rank", "modules", "trainable",
@@ -105,15 +102,22 @@ def full_qformer_parameters(model: BlipModel) -> int:
 def adapter_parameters(in_features: int, out_features: int, rank: int, method: str = "lora") -> int:
     """Trainable parameters of one adapter on a ``Linear(in_features, out_features)``."""
     _check_method(method)
-    if method == "memvp":
-        raise ValueError("memvp puts no adapter on a Linear layer; count it with memvp_parameters(preset)")
-    return core_adapter_parameters(in_features, out_features, rank, singular_values=method in ADALORA_METHODS)
+    count = METHODS[method].parameters_per_linear
+    if count is None:
+        raise ValueError(f"{method} puts no adapter on a Linear layer; parameter_table counts it per preset")
+    return count(in_features, out_features, rank)
 
 
 def memvp_parameters(preset: str, config: MemVPConfig | None = None) -> tuple[int, int]:
     """MemVP's trainable parameters on ``preset`` (default config) and the number of LM FFN blocks it fills."""
     info = census(preset)
     return memvp_trainable_parameters(config or MemVPConfig(), info.lm_hidden, info.qformer_hidden), info.lm_ffn_blocks
+
+
+def memvp_row(preset: str) -> tuple[str, int, int]:
+    """MemVP's row of the parameter table: its placement label, the LM FFN blocks it fills, its parameters."""
+    trainable, blocks = memvp_parameters(preset)
+    return MEMVP_PLACEMENT, blocks, trainable
 
 
 def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
@@ -140,20 +144,22 @@ def parameter_table(
     ``memvp`` has one row per preset, placement ``llm_ffn_memory``, no rank (``<NA>``), its modules being
     the LM's FFN blocks.
     """
-    rows = []
     for method in methods:
         _check_method(method)
+    whole_model = [m for m in methods if METHODS[m].parameters_per_preset is not None]
+    per_linear = [m for m in methods if m not in whole_model]
+    rows = []
     for preset in preset_names if preset_names is not None else tuple(PRESETS):
         info = census(preset)
-        if "memvp" in methods:
-            trainable, blocks = memvp_parameters(preset)
+        for method in whole_model:
+            placement, modules, trainable = METHODS[method].parameters_per_preset(preset)
             rows.append((
-                preset, MEMVP_PLACEMENT, "memvp", pd.NA, blocks, trainable,
+                preset, placement, method, pd.NA, modules, trainable,
                 100 * trainable / info.full_qformer, 100 * trainable / info.total,
             ))
         for placement in placements:
             targets = target_linears(preset, placement)
-            for method in (m for m in methods if m != "memvp"):
+            for method in per_linear:
                 unit = _per_unit_rank(targets, method)
                 for rank in ranks:
                     trainable = rank * unit
@@ -162,7 +168,7 @@ def parameter_table(
                         100 * trainable / info.full_qformer, 100 * trainable / info.total,
                     ))
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    return table.astype({"rank": "Int64"}) if "memvp" in methods else table  # MemVP's rank is <NA>
+    return table.astype({"rank": "Int64"}) if whole_model else table  # whole-model methods have no rank
 
 
 def format_table(df: pd.DataFrame) -> str:

@@ -37,7 +37,6 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 
 from qformer_budget.benchmarks import load_benchmark
 from qformer_budget.benchmarks.synthetic import synthetic_corpus, write_synthetic
-
 from qformer_budget.benchmarks.synthetic_vqa import STYLES, generate_examples, vocabulary_corpus
 
 from .collate import InstructBlipCollator

@@ -19,27 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from qformer_budget.benchmarks import load_benchmark
-from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, TrainingPlan, add_adalora, load_adapter, save_adapter
-from qformer_budget.peft_hooks.recorder import package_versions
-from qformer_budget.core.adalora_rules import AdaLoraSchedule
 from qformer_budget.core.atomic import write_json_atomic
-from qformer_budget.peft_hooks.setup import seeded
-from qformer_budget.core.grammar import target_modules_regex
-from qformer_budget.vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, save_memvp
-from qformer_budget.vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
+from qformer_budget.core.run_folder import package_versions
+from qformer_budget.peft_hooks import AdaLoraBudgetCallback, TrainingPlan
 
 from .collate import InstructBlipCollator
-from .config import MethodSpec, ModelSection, RunSpec
+from .config import ModelSection, RunSpec
 from .evaluate import evaluate
+from .methods import get_method
 from .presets import load_preset
 from .tiny import load_tiny_checkpoint
 
 STATUS_FILE = "status.json"
+ADAPTER_DIR = "adapter"
 
 
 class QuietProgress(ProgressCallback):
@@ -70,62 +66,6 @@ def load_model(section: ModelSection, device: str) -> tuple[torch.nn.Module, Any
     return model.to(device), processor, bool(model.config.use_decoder_only_language_model)
 
 
-def adalora_setup(method: MethodSpec, plan: TrainingPlan) -> AdaLoraSetup:
-    schedule = AdaLoraSchedule.from_fractions(
-        plan.total_optimizer_steps, method.warmup_fraction, method.final_fraction, method.deltaT
-    )
-    return AdaLoraSetup.from_plan(
-        plan,
-        placement=method.placement,
-        init_r=method.init_r,
-        target_r=method.target_r,
-        tinit=schedule.tinit,
-        tfinal=schedule.tfinal,
-        deltaT=schedule.deltaT,
-        lora_alpha=method.lora_alpha,
-    )
-
-
-def attach_adapter(model: torch.nn.Module, method: MethodSpec, plan: TrainingPlan, seed: int) -> torch.nn.Module:
-    """``method`` on ``model``, everything else frozen, the adapter's initialisation drawn from ``seed``.
-
-    AdaLoRA through ``add_adalora``; plain LoRA at a fixed rank on the same sublayers; their routed
-    variants (``vl_methods.routing``); MemVP (``vl_methods.memvp``) with its defaults.
-    """
-    if method.name == "memvp":
-        return add_memvp(model, MemVPConfig(), seed=seed)
-    if method.records_budget:
-        setup = adalora_setup(method, plan)
-        if method.name == "adalora":
-            return add_adalora(model, setup, seed=seed)
-        return add_routed_adalora(model, setup, RoutingConfig(variant=method.routing), seed=seed)
-    config = LoraConfig(r=method.rank, lora_alpha=method.lora_alpha, lora_dropout=0.0,
-                        target_modules=target_modules_regex(method.placement))
-    if method.name == "routed_lora":
-        return add_routed_lora(model, config, RoutingConfig(variant=method.routing), seed=seed)
-    with seeded(seed):
-        return get_peft_model(model, config)
-
-
-def save_trained(model: torch.nn.Module, method: MethodSpec, folder: Path) -> None:
-    """Write what ``method`` trained into ``folder``, in the form :func:`load_trained` reads."""
-    if method.name == "memvp":
-        save_memvp(model, folder)
-    elif method.routed:
-        save_routed(model, folder)
-    else:
-        save_adapter(model, folder)
-
-
-def load_trained(base: torch.nn.Module, method: MethodSpec, folder: Path) -> torch.nn.Module:
-    """``base`` with what :func:`save_trained` wrote into ``folder`` put back."""
-    if method.name == "memvp":
-        return load_memvp(base, folder)
-    if method.routed:
-        return load_routed(base, folder)
-    return load_adapter(base, folder)
-
-
 def _sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
@@ -139,6 +79,62 @@ def _limit(examples: list, limit: int | None) -> list:
     return examples if limit is None else examples[:limit]
 
 
+def load_data(spec: RunSpec) -> tuple[list, list]:
+    """The run's training and evaluation examples, each cut to the config's limit."""
+    root = Path(spec.data.root) / spec.benchmark
+    train_set = _limit(load_benchmark(spec.benchmark, root, spec.data.train_split), spec.data.max_train_examples)
+    eval_set = _limit(load_benchmark(spec.benchmark, root, spec.eval_split), spec.data.max_eval_examples)
+    return train_set, eval_set
+
+
+def train(
+    spec: RunSpec, model: torch.nn.Module, collator: InstructBlipCollator, train_set: list, device: str, progress: bool
+) -> tuple[torch.nn.Module, TrainingPlan, list[dict]]:
+    """Put the run's method on ``model`` and train it with the Trainer (AdaLoRA's budget recorded into the run
+    folder); returns the trained model, the plan and the Trainer's log. The records are closed ``failed`` if
+    training raises."""
+    training = spec.training
+    plan = TrainingPlan(len(train_set), training.batch_size, epochs=training.epochs,
+                        gradient_accumulation_steps=training.gradient_accumulation)
+    trained = get_method(spec.method.name).attach(model, spec.method, plan, spec.seed)
+    callbacks = []
+    if spec.method.records_budget:
+        callbacks.append(AdaLoraBudgetCallback(
+            benchmark=spec.benchmark, seed=spec.seed, record_every=spec.method.record_every,
+            meta={"method": spec.method.tag, "preset": spec.model.preset},
+        ))
+    args = TrainingArguments(
+        output_dir=str(spec.run_dir), per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation, num_train_epochs=training.epochs,
+        learning_rate=training.learning_rate, weight_decay=training.weight_decay, seed=spec.seed,
+        lr_scheduler_type="linear", save_strategy="no", logging_steps=max(1, math.ceil(plan.total_optimizer_steps / 10)),
+        report_to=[], use_cpu=device == "cpu", bf16=device == "cuda" and training.bf16_on_gpu,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=not progress,
+    )
+    trainer = Trainer(model=trained, args=args, train_dataset=train_set, data_collator=collator, callbacks=callbacks)
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgress)
+    try:
+        trainer.train()
+    except BaseException:
+        for callback in callbacks:
+            callback.close("failed")
+        raise
+    return trained, plan, trainer.state.log_history
+
+
+def evaluate_saved(
+    spec: RunSpec, collator: InstructBlipCollator, eval_set: list, device: str
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics and predictions of the adapter saved in the run folder, loaded back onto a fresh base model."""
+    base, _, _ = load_model(spec.model, device)
+    saved = get_method(spec.method.name).load(base, spec.run_dir / ADAPTER_DIR).to(device)
+    training = spec.training
+    return evaluate(saved, collator, eval_set, batch_size=2 * training.batch_size,
+                    max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
+
+
 def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
     """Train, save and evaluate one run; returns its metrics. Status is ``failed`` if anything raises."""
     run_dir = spec.run_dir
@@ -146,54 +142,23 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
     write_json_atomic(run_dir / "config.json", spec.to_dict() | {"versions": package_versions()})
     _write_status(run_dir, "running")
     started = time.perf_counter()
-    callback = None
     try:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        train_set, eval_set = load_data(spec)
         model, processor, decoder_only = load_model(spec.model, device)
-        root = Path(spec.data.root) / spec.benchmark
-        train_set = _limit(load_benchmark(spec.benchmark, root, spec.data.train_split), spec.data.max_train_examples)
-        eval_set = _limit(load_benchmark(spec.benchmark, root, spec.eval_split), spec.data.max_eval_examples)
-        training = spec.training
-        plan = TrainingPlan(len(train_set), training.batch_size, epochs=training.epochs,
-                            gradient_accumulation_steps=training.gradient_accumulation)
-        peft_model = attach_adapter(model, spec.method, plan, spec.seed)
-        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        collator = InstructBlipCollator(processor, training.max_prompt_tokens, decoder_only)
-        callbacks = []
-        if spec.method.records_budget:
-            callback = AdaLoraBudgetCallback(
-                benchmark=spec.benchmark, seed=spec.seed, record_every=spec.method.record_every,
-                meta={"method": spec.method.tag, "preset": spec.model.preset},
-            )
-            callbacks.append(callback)
-        args = TrainingArguments(
-            output_dir=str(run_dir), per_device_train_batch_size=training.batch_size,
-            gradient_accumulation_steps=training.gradient_accumulation, num_train_epochs=training.epochs,
-            learning_rate=training.learning_rate, weight_decay=training.weight_decay, seed=spec.seed,
-            lr_scheduler_type="linear", save_strategy="no", logging_steps=max(1, math.ceil(plan.total_optimizer_steps / 10)),
-            report_to=[], use_cpu=device == "cpu", bf16=device == "cuda" and training.bf16_on_gpu,
-            remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=not progress,
-        )
-        trainer = Trainer(
-            model=peft_model, args=args, train_dataset=train_set, data_collator=collator, callbacks=callbacks
-        )
-        if progress:
-            trainer.remove_callback(ProgressCallback)
-            trainer.add_callback(QuietProgress)
-        trainer.train()
-        write_json_atomic(run_dir / "train_log.json", {"log_history": trainer.state.log_history})
-        save_trained(peft_model, spec.method, run_dir / "adapter")
+        collator = InstructBlipCollator(processor, spec.training.max_prompt_tokens, decoder_only)
+        trained, plan, log_history = train(spec, model, collator, train_set, device, progress)
+        trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        write_json_atomic(run_dir / "train_log.json", {"log_history": log_history})
+        get_method(spec.method.name).save(trained, run_dir / ADAPTER_DIR)
         train_seconds = time.perf_counter() - started
 
-        base, _, _ = load_model(spec.model, device)
-        saved = load_trained(base, spec.method, run_dir / "adapter").to(device)
-        metrics, predictions = evaluate(saved, collator, eval_set, batch_size=2 * training.batch_size,
-                                        max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
+        metrics, predictions = evaluate_saved(spec, collator, eval_set, device)
         with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row) + "\n" for row in predictions)
         report = {
             "benchmark": spec.benchmark, "split": spec.eval_split, "seed": spec.seed, "method": spec.method.tag,
-            "metrics": metrics, "adapter_sha256": _sha256(run_dir / "adapter"),
+            "metrics": metrics, "adapter_sha256": _sha256(run_dir / ADAPTER_DIR),
             "trainable_parameters": trainable, "train_examples": len(train_set),
             "optimizer_steps": plan.total_optimizer_steps,
             "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
@@ -202,7 +167,5 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
         _write_status(run_dir, "finished", seconds=report["total_seconds"])
         return metrics
     except BaseException as exc:
-        if callback is not None:
-            callback.close("failed")
         _write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, find_adalora_model
 from qformer_budget.runner.collate import InstructBlipCollator
-from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+
 from tiny_training import BATCH, tiny_adalora, tiny_setup, trainer_arguments
 
 

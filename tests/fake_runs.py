@@ -7,7 +7,6 @@ import numpy as np
 from qformer_budget.core.records import ModuleInfo, StepRecord
 from qformer_budget.peft_hooks.sinks import ParquetSink
 
-
 # A two-layer Q-Former slice for hand-computed metrics, as (layer, block, proj, in_features, out_features):
 # attention 8 -> 8, FFN intermediate 8 -> 32. Layer 1 is the deepest, so its text FFN is the structural
 # zero, and it has no cross-attention.

@@ -1,4 +1,4 @@
-"""analysis.metrics against values computed by hand on small frames built here."""
+"""The metrics of qformer_budget.analysis against values computed by hand on small frames built here."""
 
 import math
 import sys
@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qformer_budget.analysis import load_runs
-from qformer_budget.analysis.metrics import (
+from qformer_budget.analysis import (
     allocation_correlation,
     allocation_entropy,
     block_share,
     bootstrap_block_share,
     compare_benchmarks,
     layer_share,
+    load_runs,
     mark_structural,
     module_summary,
     normalized_importance,
@@ -28,6 +28,7 @@ from qformer_budget.analysis.metrics import (
     to_xarray,
 )
 from qformer_budget.core.grammar import sublayer_label
+
 from fake_runs import SMALL_QFORMER, fake_modules, fake_record, write_fake_run
 
 MODULES = SMALL_QFORMER

@@ -19,9 +19,10 @@ from qformer_budget.analysis import (
     run_summary,
     settle_step,
 )
-from qformer_budget.core.schema import RESUMES_APPLIED_KEY
 from qformer_budget.benchmarks.synthetic_records import qformer_modules, write_synthetic_runs
 from qformer_budget.core.grammar import parse_sublayer
+from qformer_budget.core.schema import RESUMES_APPLIED_KEY
+
 from fake_runs import fake_modules, fake_record, write_fake_run
 
 BENCHMARKS = ("scienceqa", "flickr30k")

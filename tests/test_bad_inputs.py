@@ -35,13 +35,14 @@ from transformers import BlipConfig, BlipForConditionalGeneration, Trainer
 
 from qformer_budget.analysis import RecordError, load_runs
 from qformer_budget.benchmarks import BenchmarkDataError, load_benchmark, write_synthetic
-from fake_runs import fake_modules, fake_record, write_fake_run
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, add_adalora
 from qformer_budget.peft_hooks import sinks as sinks_module
 from qformer_budget.peft_hooks.sinks import ParquetSink
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.config import ConfigError, load_config
 from qformer_budget.runner.tiny import build_tiny_instructblip
+
+from fake_runs import fake_modules, fake_record, write_fake_run
 from tiny_training import FixedOrder, tiny_adalora, tiny_setup, trainer_arguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -508,7 +509,7 @@ def test_foreign_files_beside_records_are_left_alone(tmp_path: Path):
 
 
 def test_run_folders_outside_out_are_refused_even_past_the_field_checks(tmp_path: Path):
-    """The last line of defence: a method whose tag escapes (here forced past MethodSpec's own check)."""
+    """The last line of defence: a method whose tag escapes (here forced past the method settings' own check)."""
     config = config_file(GOOD_SWEEP)(tmp_path)()
     object.__setattr__(config.methods[0], "placement", "x/../../../elsewhere")
     message = r"sweep\.toml: the run folder of benchmark 'iconqa', .* outside \[sweep\]\.out"

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from qformer_budget.runner.config import ROUTING_VARIANTS, ConfigError, load_config
+from qformer_budget.runner.config import ConfigError, load_config
+from qformer_budget.runner.methods import ROUTING_VARIANTS
 
 CONFIGS = files("qformer_budget.runner") / "configs"
 

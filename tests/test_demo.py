@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from qformer_budget.analysis import load_metrics, load_runs
+
 BENCHMARKS = ["flickr30k", "iconqa", "scienceqa", "vizwiz"]
 
 

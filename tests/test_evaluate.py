@@ -15,9 +15,9 @@ from transformers import (
 
 from qformer_budget.benchmarks.examples import Example
 from qformer_budget.benchmarks.synthetic_vqa import vocabulary_corpus
-from qformer_budget.runner.tiny import build_tiny_instructblip, tiny_config
 from qformer_budget.runner.collate import IGNORE_INDEX, InstructBlipCollator
 from qformer_budget.runner.evaluate import evaluate, generate_answers, rank_options, target_nll
+from qformer_budget.runner.tiny import build_tiny_instructblip, tiny_config
 
 CORPUS = vocabulary_corpus() + ["Context: some long context words Options: (a) red (b) blue Answer:"]
 

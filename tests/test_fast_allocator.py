@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from qformer_budget.analysis import load_runs
-from qformer_budget.peft_hooks import FastRankAllocator, find_adalora_model, triplet_scores, use_fast_allocator
+from qformer_budget.peft_hooks import (
+    FastRankAllocator,
+    find_adalora_model,
+    triplet_scores,
+    use_fast_allocator,
+)
 from qformer_budget.peft_hooks.recorder import adapted_modules
 from qformer_budget.runner.collate import InstructBlipCollator
+
 from tiny_training import BATCH, LEARNING_RATE, FixedOrder, tiny_adalora, tiny_setup, train_with_loop
 
 # Close enough for equal float32 results, far below the differences between directions (no atol: scores are ~1e-12).

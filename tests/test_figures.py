@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qformer_budget.plotting.figures import regenerate_figures
-from fake_runs import fake_modules, write_fake_run
-from qformer_budget.core.records import StepRecord
 from qformer_budget.cli import main
+from qformer_budget.core.records import StepRecord
+from qformer_budget.plotting.figures import regenerate_figures
+
+from fake_runs import fake_modules, write_fake_run
 
 MODULES = fake_modules(layers=4)
 INIT_R = 4

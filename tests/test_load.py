@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from qformer_budget.analysis import RecordError, RecordWarning, load_runs
+
 from fake_runs import fake_modules, fake_record, write_fake_run
 
 MODULES = fake_modules()

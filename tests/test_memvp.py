@@ -23,7 +23,13 @@ from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.evaluate import generate_answers
 from qformer_budget.runner.presets import build_on_meta
 from qformer_budget.runner.tiny import load_tiny_checkpoint, load_tiny_processor, tiny_config
-from qformer_budget.vl_methods.memvp import MemVPConfig, add_memvp, load_memvp, memvp_trainable_parameters, save_memvp
+from qformer_budget.vl_methods.memvp import (
+    MemVPConfig,
+    add_memvp,
+    load_memvp,
+    memvp_trainable_parameters,
+    save_memvp,
+)
 from qformer_budget.vl_methods.memvp.layer import find_ffns, memory_output
 
 KINDS = ("t5", "t5_gated", "llama")

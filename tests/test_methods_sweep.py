@@ -6,13 +6,14 @@ import re
 import pytest
 
 from qformer_budget.analysis import load_metrics, load_runs
+from qformer_budget.core.grammar import target_modules_regex
 from qformer_budget.runner.params import adapter_parameters
 from qformer_budget.runner.sweep import run_sweep
 from qformer_budget.runner.tiny import load_tiny_checkpoint
 from qformer_budget.runner.train import _sha256
-from qformer_budget.core.grammar import target_modules_regex
-from sweeps import sweep_config
 from qformer_budget.vl_methods.memvp import MemVPConfig, memvp_trainable_parameters
+
+from sweeps import sweep_config
 
 METHODS = """
 [[methods]]

@@ -5,7 +5,6 @@ import pytest
 import torch
 from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-from qformer_budget.runner.tiny import build_tiny_instructblip
 from qformer_budget.runner.params import (
     census,
     format_table,
@@ -14,7 +13,14 @@ from qformer_budget.runner.params import (
     per_unit_rank,
     target_linears,
 )
-from qformer_budget.runner.presets import PRESETS, build_on_meta, freeze_except_qformer, load_checkpoint, load_preset
+from qformer_budget.runner.presets import (
+    PRESETS,
+    build_on_meta,
+    freeze_except_qformer,
+    load_checkpoint,
+    load_preset,
+)
+from qformer_budget.runner.tiny import build_tiny_instructblip
 
 # Kim et al. 2024: Q-Former LoRA parameters per unit of rank.
 PAPER_QFORMER_UNITS = {

@@ -14,6 +14,7 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
 from qformer_budget.core.adalora_rules import AdaLoraSchedule
 from qformer_budget.peft_hooks import add_adalora, find_adalora_model
+from qformer_budget.peft_hooks.adapter_io import load_adapter, save_adapter
 from qformer_budget.peft_hooks.fast_allocator import TripletLayout
 from qformer_budget.peft_hooks.peft_internals import (
     AVERAGES,
@@ -31,8 +32,8 @@ from qformer_budget.peft_hooks.peft_internals import (
     set_allocator_averages,
     swap_layer_class,
 )
-from qformer_budget.peft_hooks.setup import load_adapter, save_adapter
 from qformer_budget.runner.tiny import build_tiny_instructblip
+
 from tiny_training import tiny_setup
 
 PEFT = f"peft {peft.__version__}"

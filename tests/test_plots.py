@@ -13,17 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import PathPatch, Rectangle
 
-from qformer_budget.plotting.plots import (
-    BLOCK_COLORS,
-    STRUCTURAL_LABEL,
-    plot_block_share_ci,
-    plot_budget_schedule,
-    plot_heatmap_grid,
-    plot_importance,
-    plot_rank_difference,
-    plot_rank_heatmap,
-    plot_rank_trajectories,
-)
+from qformer_budget.core.grammar import BLOCKS, sublayer_label
 from qformer_budget.plotting.figure_data import (
     SUBLAYER_COLUMNS,
     block_share_ci_data,
@@ -36,8 +26,19 @@ from qformer_budget.plotting.figure_data import (
     structural_cells,
     trajectory_data,
 )
+from qformer_budget.plotting.plots import (
+    BLOCK_COLORS,
+    STRUCTURAL_LABEL,
+    plot_block_share_ci,
+    plot_budget_schedule,
+    plot_heatmap_grid,
+    plot_importance,
+    plot_rank_difference,
+    plot_rank_heatmap,
+    plot_rank_trajectories,
+)
+
 from fake_runs import SMALL_QFORMER
-from qformer_budget.core.grammar import BLOCKS, sublayer_label
 
 MODULES = SMALL_QFORMER
 NAN = float("nan")
@@ -297,7 +298,7 @@ def test_importance_is_on_a_log_axis_with_structural_modules_apart(records):
 
 
 def test_block_share_bars_with_intervals_where_defined(records):
-    from qformer_budget.analysis.metrics import block_share
+    from qformer_budget.analysis import block_share
 
     data = block_share_ci_data(records, n_boot=200)
     ax = plot_block_share_ci(data, block_share(records), title="t")

@@ -30,10 +30,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qformer_budget.analysis import RecordError, load_runs
-from qformer_budget.core.schema import COLUMN_NAMES, PHASES, RECORDS_FILE, RECORDS_PARTS_DIR, RUN_META_FILE, SCHEMA_VERSION
-from qformer_budget.core.records import ModuleInfo, StepRecord
-from qformer_budget.peft_hooks.sinks import ParquetSink
 from qformer_budget.core.grammar import _SUFFIXES, Sublayer, parse_sublayer, target_modules_regex
+from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.core.schema import (
+    COLUMN_NAMES,
+    PHASES,
+    RECORDS_FILE,
+    RECORDS_PARTS_DIR,
+    RUN_META_FILE,
+    SCHEMA_VERSION,
+)
+from qformer_budget.peft_hooks.sinks import ParquetSink
 
 SETTINGS = settings(
     derandomize=True, database=None, deadline=None, max_examples=40,

@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from qformer_budget.analysis import load_runs
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.core.adalora_rules import kept_directions
 from qformer_budget.core.schema import COLUMN_NAMES, SCHEMA_VERSION
 from qformer_budget.peft_hooks import BudgetRecorder, find_adalora_model, load_adapter, save_adapter
-from qformer_budget.runner.tiny import build_tiny_instructblip
 from qformer_budget.peft_hooks import sinks as sinks_module
-from qformer_budget.core.adalora_rules import kept_directions
 from qformer_budget.runner.collate import InstructBlipCollator
-from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.runner.tiny import build_tiny_instructblip
+
 from tiny_training import tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35

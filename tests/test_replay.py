@@ -12,6 +12,7 @@ from qformer_budget.analysis import load_runs
 from qformer_budget.analysis.replay import rank_pattern_for_lora, replay_allocation
 from qformer_budget.peft_hooks import find_adalora_model
 from qformer_budget.runner.tiny import build_tiny_instructblip
+
 from tiny_training import tiny_setup, train_with_loop
 
 SETUP = tiny_setup(total_step=40)  # masks at global steps 10, 15, ..., 30 and the final one at 35

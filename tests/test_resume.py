@@ -15,9 +15,23 @@ from transformers import Trainer, TrainerCallback
 
 from qformer_budget.analysis import RecordWarning, load_runs
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, BudgetRecorder
-from qformer_budget.peft_hooks.resume import BUDGET_STATE_FILE, BudgetStateError, load_budget_state, save_budget_state
+from qformer_budget.peft_hooks.resume import (
+    BUDGET_STATE_FILE,
+    BudgetStateError,
+    load_budget_state,
+    save_budget_state,
+)
 from qformer_budget.runner.collate import InstructBlipCollator
-from tiny_training import BATCH, LEARNING_RATE, FixedOrder, tiny_adalora, tiny_setup, train_with_loop, trainer_arguments
+
+from tiny_training import (
+    BATCH,
+    LEARNING_RATE,
+    FixedOrder,
+    tiny_adalora,
+    tiny_setup,
+    train_with_loop,
+    trainer_arguments,
+)
 
 SETUP = tiny_setup(total_step=30)
 CHECKPOINT_STEP = 13  # mid-budgeting, between mask steps 11 and 16, with a rank pattern in force

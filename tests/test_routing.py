@@ -9,10 +9,22 @@ from peft.tuners.adalora import AdaLoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from qformer_budget.benchmarks.synthetic_vqa import generate_examples
-from qformer_budget.peft_hooks import AdaLoraSetup, BudgetRecorder, add_adalora, find_adalora_model, target_modules_regex
+from qformer_budget.peft_hooks import (
+    AdaLoraSetup,
+    BudgetRecorder,
+    add_adalora,
+    find_adalora_model,
+    target_modules_regex,
+)
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import load_tiny_checkpoint, load_tiny_processor
-from qformer_budget.vl_methods.routing import RoutingConfig, add_routed_adalora, add_routed_lora, load_routed, save_routed
+from qformer_budget.vl_methods.routing import (
+    RoutingConfig,
+    add_routed_adalora,
+    add_routed_lora,
+    load_routed,
+    save_routed,
+)
 from qformer_budget.vl_methods.routing.config import VARIANTS
 from qformer_budget.vl_methods.routing.layer import (
     RoutedLoraLinear,

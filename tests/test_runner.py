@@ -6,6 +6,7 @@ import pytest
 from qformer_budget.analysis import load_metrics, load_runs
 from qformer_budget.runner.sweep import run_sweep
 from qformer_budget.runner.train import _sha256, read_status
+
 from sweeps import sweep_config
 
 METHODS = """

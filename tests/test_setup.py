@@ -1,12 +1,20 @@
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import Trainer, TrainerCallback, TrainingArguments, T5Config, T5ForConditionalGeneration
+from transformers import T5Config, T5ForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
 
-from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraPeftModel, AdaLoraSetup, TrainingPlan, add_adalora, find_adalora_model
-from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.benchmarks.synthetic_vqa import generate_examples
+from qformer_budget.peft_hooks import (
+    AdaLoraBudgetCallback,
+    AdaLoraPeftModel,
+    AdaLoraSetup,
+    TrainingPlan,
+    add_adalora,
+    find_adalora_model,
+)
+from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import build_tiny_instructblip
+
 from tiny_training import FixedOrder, tiny_setup, trainer_arguments
 
 

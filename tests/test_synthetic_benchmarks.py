@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qformer_budget.benchmarks import BENCHMARKS, load_benchmark, synthetic_corpus, write_all_synthetic, write_synthetic
-from qformer_budget.benchmarks.synthetic import COLORS
+from qformer_budget.benchmarks import (
+    BENCHMARKS,
+    load_benchmark,
+    synthetic_corpus,
+    write_all_synthetic,
+    write_synthetic,
+)
+from qformer_budget.benchmarks.drawing import COLORS
 
 SIZES = {"train": 120, "val": 20, "test": 20}
 SPLITS_WRITTEN = {name: ("train", "val", "test") for name in BENCHMARKS} | {"vizwiz": ("train", "val")}

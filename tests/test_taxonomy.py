@@ -15,7 +15,14 @@ from transformers import (
     T5Config,
 )
 
-from qformer_budget.peft_hooks import PLACEMENTS, Sublayer, parse_sublayer, resolve_placement, sublayer_label, target_modules_regex
+from qformer_budget.peft_hooks import (
+    PLACEMENTS,
+    Sublayer,
+    parse_sublayer,
+    resolve_placement,
+    sublayer_label,
+    target_modules_regex,
+)
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
 

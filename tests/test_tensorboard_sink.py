@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from qformer_budget.analysis import load_runs
 from qformer_budget.core.grammar import BLOCKS
 from qformer_budget.peft_hooks.tensorboard import TensorBoardSink
+
 from tiny_training import tiny_setup, train_with_loop
 
 SETUP = tiny_setup(total_step=40)

@@ -1,8 +1,13 @@
 import torch
 
-from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.benchmarks.synthetic_vqa import COLORS, QUESTIONS, generate_examples, vocabulary_corpus
-from qformer_budget.runner.tiny import InstructBlipForConditionalGeneration, build_tiny_instructblip, build_tiny_processor, tiny_config
+from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.runner.tiny import (
+    InstructBlipForConditionalGeneration,
+    build_tiny_instructblip,
+    build_tiny_processor,
+    tiny_config,
+)
 
 
 def test_tokenizers_train_offline_into_a_working_processor():

@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 from wandb.proto import wandb_internal_pb2
 
 from qformer_budget.analysis import load_runs
-from qformer_budget.core.records import ModuleInfo, StepRecord
 from qformer_budget.core.grammar import BLOCKS
+from qformer_budget.core.records import ModuleInfo, StepRecord
 from qformer_budget.peft_hooks.tracking import ALLOCATION_STEP, MlflowSink, WandbSink
+
 from tiny_training import tiny_setup, train_with_loop
 
 SETUP = tiny_setup(total_step=30)

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainingArguments
 
+from qformer_budget.benchmarks.synthetic_vqa import generate_examples
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
 from qformer_budget.runner.collate import InstructBlipCollator
-from qformer_budget.benchmarks.synthetic_vqa import generate_examples
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
 BATCH = 4

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from qformer_budget.core.adalora_rules import rank_pattern_keys
 from qformer_budget.peft_hooks.peft_internals import LoraLinear, SVDLinear, cast_input_dtype, swap_layer_class
 

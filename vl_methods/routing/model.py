@@ -29,7 +29,8 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from torch.utils.hooks import RemovableHandle
 
-from qformer_budget.peft_hooks.setup import AdaLoraPeftModel, AdaLoraSetup, add_adalora, load_adapter, save_adapter, seeded
+from qformer_budget.peft_hooks import AdaLoraPeftModel, AdaLoraSetup, add_adalora, load_adapter, save_adapter
+from qformer_budget.peft_hooks.model import seeded
 
 from .config import RoutingConfig
 from .layer import VisualContext, make_routed, routed_class
