@@ -38,8 +38,8 @@ from qformer_budget.analysis import (
     run_summary,
     settle_step,
 )
+from qformer_budget.plotting import plot_rank_heatmap
 from qformer_budget.plotting.figure_data import rank_heatmap_data
-from qformer_budget.plotting.plots import plot_rank_heatmap
 
 RUNS = Path(os.environ.get("QFORMER_BUDGET_RUNS", "../demo-out"))
 records = load_runs(RUNS)

@@ -29,8 +29,8 @@ _ADAPTER_MATRICES = ("lora_A", "lora_E", "lora_B")
 
 
 @dataclass(frozen=True)
-class _Block:
-    """One matrix kind (A, E or B) of every module of one shape: a contiguous ``(count, *matrix shape)`` block."""
+class _Slab:
+    """One matrix kind (A, E or B) of every module of one shape: a contiguous ``(count, *matrix shape)`` slab."""
 
     positions: tuple[int, ...]  # of its matrices in the per-matrix list (module by module: A, E, B)
     start: int
@@ -44,7 +44,7 @@ class TripletLayout:
     """Where every adapted module's A, E and B elements sit in one flat buffer.
 
     Modules of equal shape sit next to each other: a group of G modules holds its E elements as a
-    ``(G, r, 1)`` block, its A elements as ``(G, r, in)`` and its B elements as ``(G, out, r)``, so
+    ``(G, r, 1)`` slab, its A elements as ``(G, r, in)`` and its B elements as ``(G, out, r)``, so
     the triplet scores of a whole group reduce with one op per matrix kind instead of one per
     module. Matrices are numbered module by module (A, E, B), in the order of the given shapes.
     """
@@ -56,28 +56,28 @@ class TripletLayout:
         members_by_shape: dict[tuple[int, int], list[int]] = {}
         for index, shape in enumerate(shapes):
             members_by_shape.setdefault(shape, []).append(index)
-        self.groups: list[tuple[_Block, _Block, _Block]] = []  # (A, E, B) blocks of each shape group
+        self.groups: list[tuple[_Slab, _Slab, _Slab]] = []  # (A, E, B) slabs of each shape group
         offset = 0
         for (fan_in, fan_out), members in members_by_shape.items():
-            blocks = {}
+            slabs = {}
             for kind, shape in ((1, (rank, 1)), (0, (rank, fan_in)), (2, (fan_out, rank))):
-                blocks[kind] = _Block(tuple(3 * m + kind for m in members), offset, (len(members), *shape))
+                slabs[kind] = _Slab(tuple(3 * m + kind for m in members), offset, (len(members), *shape))
                 offset += len(members) * math.prod(shape)
-            self.groups.append((blocks[0], blocks[1], blocks[2]))
+            self.groups.append((slabs[0], slabs[1], slabs[2]))
         self.numel = offset
         grouped_order = torch.tensor([p // 3 for _, e, _ in self.groups for p in e.positions])
         self._to_module_order = torch.argsort(grouped_order)  # grouped score rows -> module order
         self._in_module_order = bool((grouped_order == torch.arange(self.n_modules)).all())
 
     @property
-    def blocks(self) -> list[_Block]:
-        return [block for group in self.groups for block in group]
+    def slabs(self) -> list[_Slab]:
+        return [slab for group in self.groups for slab in group]
 
     def matrix_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """A view of ``flat`` per matrix, shaped like it, numbered module by module (A, E, B)."""
         views: list = [None] * (3 * self.n_modules)
-        for block in self.blocks:
-            for position, view in zip(block.positions, block.view(flat).unbind(0)):
+        for slab in self.slabs:
+            for position, view in zip(slab.positions, slab.view(flat).unbind(0)):
                 views[position] = view
         return views
 
@@ -99,7 +99,7 @@ class TripletLayout:
 class ElementwiseProducts:
     """Writes ``lefts[i] * rights[i]`` for every adapter matrix into its place in a flat buffer.
 
-    Small matrices go a block at a time (stack both factors, one multiply: three ops per block
+    Small matrices go a slab at a time (stack both factors, one multiply: three ops per slab
     instead of one per matrix); larger ones are multiplied one by one straight into place, which
     copies nothing twice.
     """
@@ -110,12 +110,12 @@ class ElementwiseProducts:
         self.flat = flat
         self._stacked: list[tuple[torch.Tensor, tuple[int, ...]]] = []
         self._one_by_one: list[tuple[int, torch.Tensor]] = []
-        for block in layout.blocks:
-            view = block.view(flat)
-            if math.prod(block.shape[1:]) < self.STACK_BELOW:
-                self._stacked.append((view, block.positions))
+        for slab in layout.slabs:
+            view = slab.view(flat)
+            if math.prod(slab.shape[1:]) < self.STACK_BELOW:
+                self._stacked.append((view, slab.positions))
             else:
-                self._one_by_one.extend(zip(block.positions, view.unbind(0)))
+                self._one_by_one.extend(zip(slab.positions, view.unbind(0)))
 
     def __call__(self, lefts: Sequence[torch.Tensor], rights: Sequence[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():

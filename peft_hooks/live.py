@@ -112,7 +112,7 @@ class LiveViewSink(RecordSink):
         from matplotlib.figure import Figure
 
         from qformer_budget.plotting.figure_data import rank_heatmap_data
-        from qformer_budget.plotting.plots import plot_rank_heatmap
+        from qformer_budget.plotting.heatmaps import plot_rank_heatmap
 
         frame = record.to_table().to_pandas()
         frame["run"] = self._title

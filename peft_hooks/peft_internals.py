@@ -10,7 +10,8 @@ raises :class:`PeftInternalsChanged` naming the peft version and the internal wh
 - ``LoraLayer._cast_input_dtype``: the routed layers' forward casts its inputs exactly as peft's does.
 - the forward of ``lora.Linear`` and of AdaLoRA's ``SVDLinear``: the routed layers copy them and put the
   routing function into the bottleneck; they are installed by swapping the class of the layers peft built
-  (:func:`swap_layer_class`), so peft's parameters, state dict, saving and resizing stay its own.
+  (:func:`swap_layer_class`), so peft's parameters, state dict, saving and resizing stay its own; the
+  copies are checked against peft's own forward in ``tests/test_routing.py`` (``...reduce_to_plain_*``).
 - ``peft.tuners.adalora.layer.deepspeed_config``: under DeepSpeed, gradients must be gathered parameter by
   parameter, so the fast allocator falls back to peft's own methods.
 - the ``RankAllocator``'s state and methods: its importance averages ``ipt``, ``exp_avg_ipt`` and

@@ -2,7 +2,7 @@
 
 ``regenerate_figures(runs_dir, out_dir)`` is the one implementation behind ``qformer-budget figures``,
 ``figures/regenerate.py`` and the demo. Each figure is prepared by a pure function of ``qformer_budget.plotting.figure_data``
-and drawn by a function of ``qformer_budget.plotting.plots``; this module only chooses, titles and saves them.
+and drawn by a plot function of ``qformer_budget.plotting``; this module only chooses, titles and saves them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from qformer_budget.analysis.load import load_runs
 from qformer_budget.core.run_folder import method_tag_of
 from qformer_budget.core.schema import COLUMN_NAMES
 
+from .distributions import plot_block_share_ci, plot_importance
 from .figure_data import (
     block_share_ci_data,
     budget_schedule_data,
@@ -32,15 +33,8 @@ from .figure_data import (
     rank_difference_data,
     trajectory_data,
 )
-from .plots import (
-    plot_block_share_ci,
-    plot_budget_schedule,
-    plot_heatmap_grid,
-    plot_importance,
-    plot_rank_difference,
-    plot_rank_heatmap,
-    plot_rank_trajectories,
-)
+from .heatmaps import plot_heatmap_grid, plot_rank_difference, plot_rank_heatmap
+from .training import plot_budget_schedule, plot_rank_trajectories
 
 FIGURE_DPI = 150
 FORMATS = ("png", "pdf")

@@ -3,8 +3,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
+from qformer_budget.plotting import plot_rank_heatmap
 from qformer_budget.plotting.figure_data import SUBLAYER_COLUMNS, rank_heatmap_data
-from qformer_budget.plotting.plots import plot_rank_heatmap
 
 
 def row(run, step, layer, block, proj, rank):

@@ -126,7 +126,7 @@ def test_folder_without_runs_and_missing_folder(tmp_path):
 
 def test_analysis_imports_neither_torch_nor_peft():
     code = (
-        "import sys, qformer_budget.analysis, qformer_budget.plotting.plots, qformer_budget.core.grammar, qformer_budget.core.records;"
+        "import sys, qformer_budget.analysis, qformer_budget.plotting, qformer_budget.core.grammar, qformer_budget.core.records;"
         "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
         "assert not bad, bad"
     )

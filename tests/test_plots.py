@@ -14,6 +14,17 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import PathPatch, Rectangle
 
 from qformer_budget.core.grammar import BLOCKS, sublayer_label
+from qformer_budget.plotting import (
+    BLOCK_COLORS,
+    STRUCTURAL_LABEL,
+    plot_block_share_ci,
+    plot_budget_schedule,
+    plot_heatmap_grid,
+    plot_importance,
+    plot_rank_difference,
+    plot_rank_heatmap,
+    plot_rank_trajectories,
+)
 from qformer_budget.plotting.figure_data import (
     SUBLAYER_COLUMNS,
     block_share_ci_data,
@@ -25,17 +36,6 @@ from qformer_budget.plotting.figure_data import (
     rank_heatmap_data,
     structural_cells,
     trajectory_data,
-)
-from qformer_budget.plotting.plots import (
-    BLOCK_COLORS,
-    STRUCTURAL_LABEL,
-    plot_block_share_ci,
-    plot_budget_schedule,
-    plot_heatmap_grid,
-    plot_importance,
-    plot_rank_difference,
-    plot_rank_heatmap,
-    plot_rank_trajectories,
 )
 
 from fake_runs import SMALL_QFORMER
