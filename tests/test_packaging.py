@@ -5,6 +5,7 @@ site-packages, so a lab's own ``analysis.py`` or ``runner/`` shadows nothing of 
 """
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -125,6 +126,18 @@ def test_the_wheel_holds_the_single_top_level_name(tmp_path):
         assert f"qformer_budget/{folder}/__init__.py" in names
     assert "qformer_budget/runner/configs/demo.toml" in names
     assert "qformer_budget/runner/assets/tiny-instructblip/model.safetensors" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "qformer_budget"]
+    code = (
+        "import qformer_budget.analysis, qformer_budget.runner.config as c, qformer_budget.plotting;"
+        "print(qformer_budget.analysis.__file__); print(c.load_config(c.Path(qformer_budget.__file__).parent"
+        " / 'runner' / 'configs' / 'demo.toml').methods[0].tag)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(target)},
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(target / "qformer_budget" / "analysis" / "__init__.py"), "adalora-all_linear-r12to4"]
 
 
 def test_a_labs_own_analysis_and_runner_shadow_nothing(tmp_path):
