@@ -45,6 +45,7 @@ class RecordError(ValueError):
 
 
 def read_run_meta(run_dir: Path) -> dict:
+    """A run's ``run.json``, checked to be a qformer-budget run of the schema version this package reads."""
     meta_file = run_dir / RUN_META_FILE
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -223,6 +224,7 @@ def compact(run_dir: Path, meta: dict[str, Any], parts_written: int) -> pa.Table
 
 
 def write_run_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Replace a run's ``run.json`` atomically."""
     write_json_atomic(run_dir / RUN_META_FILE, meta)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qformer_budget.core.grammar import BLOCKS
+from qformer_budget.core.grammar import in_block_order
 from qformer_budget.core.records import ModuleInfo, StepRecord
 
 from .sinks import RecordSink
@@ -75,7 +75,7 @@ class LiveViewSink(RecordSink):
         """Per-module labels and block indices, computed once per run (the module list never changes)."""
         subs = [m.sublayer for m in modules]
         module_blocks = [s.block if s is not None else OTHER_BLOCK for s in subs]
-        self._blocks = [b for b in (*BLOCKS, OTHER_BLOCK) if b in module_blocks]
+        self._blocks = in_block_order(module_blocks)
         self._block_of = np.array([self._blocks.index(b) for b in module_blocks])
         self._labels = [m.label for m in modules]
         self._qformer_present = any(s is not None for s in subs)

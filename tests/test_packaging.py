@@ -95,7 +95,10 @@ def _tops(modules: set[str]) -> set[str]:
 
 
 def test_the_training_side_loads_no_plotting_statistics_or_read_side():
-    """peft and transformers come first: transformers itself imports scipy.optimize when scipy is installed."""
+    """Nothing of matplotlib at all; of scipy only what peft's own import of transformers loads (transformers
+    imports scipy.optimize for its object-detection losses whenever scipy is installed)."""
+    alone = _tops(_modules_added("", "qformer_budget.peft_hooks"))
+    assert not alone & {"matplotlib", "seaborn", "qformer_budget.analysis", "qformer_budget.plotting"}
     added = _tops(_modules_added("import torch, peft, transformers, transformers.trainer_callback", "qformer_budget.peft_hooks"))
     assert not added & {"matplotlib", "scipy", "seaborn", "qformer_budget.analysis", "qformer_budget.plotting"}
     assert "qformer_budget.peft_hooks" in added
