@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,13 +17,21 @@ import pyarrow.compute as pc
 from qformer_budget.core.run_folder import (
     Filters,
     RecordError,
+    check_regular_file,
+    is_set_aside,
     read_record_file,
     read_run_meta,
     read_schema,
     record_files,
     with_cutoff,
 )
-from qformer_budget.core.schema import COLUMN_NAMES, RECORDS_PARTS_DIR, RUN_META_FILE, STRING_COLUMNS
+from qformer_budget.core.schema import (
+    COLUMN_NAMES,
+    RECORDS_FILE,
+    RECORDS_PARTS_DIR,
+    RUN_META_FILE,
+    STRING_COLUMNS,
+)
 
 
 class RecordWarning(UserWarning):
@@ -31,16 +39,41 @@ class RecordWarning(UserWarning):
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
-    """Run folders at or below ``path`` (a run folder holds ``run.json``), sorted."""
+    """Run folders at or below ``path`` (a run folder holds ``run.json``), sorted.
+
+    Symlinked folders are followed and each run is found once. Attempts a sweep set aside
+    (``<run>.unfinished-<time>``) are not runs. A folder that cannot be listed, records without a
+    ``run.json`` and a ``run.json`` that is not a regular file raise a RecordError naming them.
+    """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"no such run folder: {root}")
-    if (root / RUN_META_FILE).is_file():
-        return [root]
-    runs = sorted(p.parent for p in root.rglob(RUN_META_FILE))
+    runs = sorted(_walk_runs(root, set()))
     if not runs:
         raise RecordError(f"{root} holds no run: no {RUN_META_FILE} at or below it")
     return runs
+
+
+def _walk_runs(folder: Path, seen: set[Path]) -> Iterator[Path]:
+    real = folder.resolve()
+    if real in seen:  # a second link to a folder already walked, or a link loop
+        return
+    seen.add(real)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise RecordError(f"{folder}: cannot list this folder ({exc.strerror or exc})") from exc
+    names = {entry.name for entry in entries}
+    if RUN_META_FILE in names:
+        check_regular_file(folder / RUN_META_FILE)
+        yield folder
+    elif RECORDS_FILE in names or any((folder / RECORDS_PARTS_DIR).glob("part-*.parquet")):
+        raise RecordError(f"{folder}: holds budget records but no {RUN_META_FILE}; restore it, or move the records away")
+    for entry in entries:
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            raise RecordError(f"{entry.path}: a broken link in a folder of runs")
+        if entry.is_dir() and not is_set_aside(entry.name) and not (RUN_META_FILE in names and entry.name == RECORDS_PARTS_DIR):
+            yield from _walk_runs(Path(entry.path), seen)
 
 
 def _check_columns(columns: Sequence[str] | None) -> list[str]:
@@ -78,11 +111,14 @@ def _read_run_table(
     meta = read_run_meta(run_dir)
     files = record_files(run_dir, meta)
     unclosed = meta.get("status") == "running"
+    # The step, and the module where run.json does not list the modules, are read for the duplicate check.
+    checked = ["global_step"] + ([] if isinstance(meta.get("modules"), list) else ["module"])
+    read_columns = columns + [c for c in checked if c not in columns]
     tables, dropped = [], []
     for record_file in files:
         try:
             tables.append(
-                read_record_file(record_file.path, columns, with_cutoff(filters, record_file.superseded_from), categorical)
+                read_record_file(record_file.path, read_columns, with_cutoff(filters, record_file.superseded_from), categorical)
             )
         except RecordError as exc:
             # A live run's newest part is the one a copy or a failing disk may have cut short; anything
@@ -90,13 +126,31 @@ def _read_run_table(
             if not (unclosed and record_file is files[-1] and record_file.part is not None):
                 raise
             dropped.append(f"{record_file.path.name} (unreadable: {exc.__cause__ or exc})")
-    table = pa.concat_tables(tables) if tables else read_schema(columns, categorical).empty_table()
+    table = pa.concat_tables(tables) if tables else read_schema(read_columns, categorical).empty_table()
+    _check_duplicates(run_dir, table, meta.get("modules"))
+    table = table.select(columns)
     if unclosed:
         parts_dir = run_dir / RECORDS_PARTS_DIR
         dropped += [f"{p.name} (being written when the process stopped)" for p in sorted(parts_dir.glob(".part-*"))]
         _warn_unclosed(run_dir, table, dropped)
     table = table.add_column(0, "run", _constant_labels(str(run_dir), table.num_rows))
     return table.append_column("status", _constant_labels(str(meta.get("status", "unknown")), table.num_rows))
+
+
+def _check_duplicates(run_dir: Path, table: pa.Table, modules: list | None) -> None:
+    """Refuse a run holding a step twice (a part restored from a backup beside the compacted file, say)."""
+    if isinstance(modules, list):
+        counts = pc.value_counts(table["global_step"])
+        over = [c["values"] for c in counts.to_pylist() if c["counts"] > len(modules)]
+        if over:
+            raise RecordError(
+                f"{run_dir}: records hold global_step {over[0]} more than once for some module "
+                f"({len(modules)} modules, more rows); remove the duplicated record file"
+            )
+        return
+    pairs = table.select(["global_step", "module"]).cast(pa.schema([("global_step", pa.int64()), ("module", pa.string())]))
+    if pairs.group_by(["global_step", "module"]).aggregate([]).num_rows < pairs.num_rows:
+        raise RecordError(f"{run_dir}: records hold some (global_step, module) row more than once")
 
 
 def _warn_unclosed(run_dir: Path, table: pa.Table, dropped: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +29,7 @@ from .atomic import write_json_atomic, write_parquet_atomic
 from .schema import (
     COLUMN_NAMES,
     COMPACTED_PARTS_KEY,
+    PHASES,
     RECORD_SCHEMA,
     RECORDS_FILE,
     RECORDS_PARTS_DIR,
@@ -47,6 +49,7 @@ class RecordError(ValueError):
 def read_run_meta(run_dir: Path) -> dict:
     """A run's ``run.json``, checked to be a qformer-budget run of the schema version this package reads."""
     meta_file = run_dir / RUN_META_FILE
+    check_regular_file(meta_file)
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -58,6 +61,16 @@ def read_run_meta(run_dir: Path) -> dict:
             f"{meta_file}: schema_version {meta['schema_version']!r}, this qformer-budget reads version {SCHEMA_VERSION}"
         )
     return meta
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse a ``path`` that is not a regular file (a named pipe would block the reader forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise RecordError(f"{path}: not a regular file; a run's {path.name} must be one")
 
 
 Filters = pc.Expression | Sequence[tuple] | Sequence[Sequence[tuple]]
@@ -72,6 +85,18 @@ def read_schema(columns: list[str], categorical: bool) -> pa.Schema:
     if categorical:
         fields = [f.with_type(_LABELS) if f.type == pa.string() else f for f in fields]
     return pa.schema(fields)
+
+
+def _kind(dtype: pa.DataType) -> str:
+    """What a column holds, whatever its width or encoding: text, integer, float, bool or list."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    for kind, test in (("text", pa.types.is_string), ("text", pa.types.is_large_string), ("integer", pa.types.is_integer),
+                       ("float", pa.types.is_floating), ("bool", pa.types.is_boolean), ("list", pa.types.is_list),
+                       ("list", pa.types.is_large_list)):
+        if test(dtype):
+            return kind
+    return str(dtype)
 
 
 def read_record_file(
@@ -92,6 +117,13 @@ def read_record_file(
     missing = [c for c in COLUMN_NAMES if c not in file_schema.names]
     if missing:
         raise RecordError(f"{path}: missing record columns {missing}")
+    wrong = [  # a cast would turn integer phases into the strings "0", "1", ...: compare what they hold
+        f"{name} ({file_schema.field(name).type}, expected {RECORD_SCHEMA.field(name).type})"
+        for name in columns
+        if _kind(file_schema.field(name).type) != _kind(RECORD_SCHEMA.field(name).type)
+    ]
+    if wrong:
+        raise RecordError(f"{path}: record columns have the wrong types: {', '.join(wrong)}")
     labels = [c for c in columns if c in STRING_COLUMNS] if categorical else None
     try:
         table = pq.read_table(path, columns=columns, filters=filters, read_dictionary=labels)
@@ -100,9 +132,38 @@ def read_record_file(
         with_filters = "" if filters is None else f" with the filters {filters}"
         raise RecordError(f"{path}: not a readable Parquet record file{with_filters} ({exc})") from exc
     try:
-        return table.cast(read_schema(columns, categorical))
+        table = table.cast(read_schema(columns, categorical))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise RecordError(f"{path}: record columns have the wrong types ({exc})") from exc
+    _check_values(path, table, versions=None if version is not None else pq.read_table(path, columns=["schema_version"]))
+    return table
+
+
+def _check_values(path: Path, table: pa.Table, versions: pa.Table | None) -> None:
+    """Refuse values no recorder writes, naming the file and the column (types are checked already).
+
+    ``versions`` is the ``schema_version`` column, read when the file's metadata does not say its version.
+    """
+    if versions is not None:
+        found = sorted(set(pc.unique(versions["schema_version"]).to_pylist()) - {SCHEMA_VERSION})
+        if found:
+            raise RecordError(
+                f"{path}: column schema_version holds {found}, this qformer-budget reads version {SCHEMA_VERSION}"
+            )
+    names = table.column_names
+    if "phase" in names:
+        phases = pc.unique(table["phase"].cast(pa.string())).to_pylist()
+        unknown = sorted(set(phases) - set(PHASES), key=str)
+        if unknown:
+            raise RecordError(f"{path}: column phase holds {unknown}; phases are {list(PHASES)}")
+    if "rank" in names:
+        low = pc.min(table["rank"]).as_py()
+        if low is not None and low < 0:
+            raise RecordError(f"{path}: column rank holds {low}; a kept rank is never negative")
+        if "init_r" in names:
+            above = pc.sum(pc.greater(table["rank"], table["init_r"])).as_py()
+            if above:
+                raise RecordError(f"{path}: column rank exceeds init_r in {above} rows; at most init_r directions are kept")
 
 
 @dataclass(frozen=True)
@@ -122,6 +183,12 @@ def _resumes(meta: dict, meta_file: Path) -> list[dict[str, int]]:
     )
     if not valid:
         raise RecordError(f"{meta_file}: field {RESUMES_FIELD!r} must be a list of {{global_step, first_part}} integers")
+    first_parts = [r["first_part"] for r in resumes]
+    if any(r["global_step"] < 0 or r["first_part"] < 0 for r in resumes) or first_parts != sorted(first_parts):
+        raise RecordError(
+            f"{meta_file}: field {RESUMES_FIELD!r} must list resumes in the order they happened, with "
+            f"non-negative steps and parts; got {resumes}"
+        )
     return resumes
 
 
@@ -172,6 +239,13 @@ def record_files(run_dir: Path, meta: dict) -> list[RecordFile]:
         index = _part_index(part)
         if index >= first_part:  # lower parts are already in the compacted file
             files.append(RecordFile(part, index, _earliest([r for r in resumes if index < r["first_part"]])))
+    written = max([first_part] + [f.part + 1 for f in files if f.part is not None])
+    beyond = [r for r in resumes if r["first_part"] > written]
+    if beyond:  # it would supersede rows of parts that no later session wrote
+        raise RecordError(
+            f"{run_dir / RUN_META_FILE}: resume {beyond[0]} starts at part {beyond[0]['first_part']}, but the run "
+            f"holds parts up to {written - 1} only"
+        )
     return files
 
 
@@ -239,6 +313,17 @@ def check_folder_name(name: str, what: str) -> None:
 
 
 # The sweep layout: OUT/<benchmark>/<method tag>/seed<k>/, the tag naming the method and its settings.
+# An unfinished attempt a sweep sets aside becomes <run>.unfinished-<time> beside it: kept, never read as a run.
+SET_ASIDE_MARK = ".unfinished-"
+
+
+def set_aside_path(run_dir: Path, when: str) -> Path:
+    """Where an unfinished attempt at ``run_dir`` is kept once set aside at ``when``."""
+    return run_dir.with_name(f"{run_dir.name}{SET_ASIDE_MARK}{when}")
+
+
+def is_set_aside(folder_name: str) -> bool:
+    return SET_ASIDE_MARK in folder_name
 
 
 def run_path(out: Path, benchmark: str, method_tag: str, seed: int) -> Path:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from qformer_budget.analysis import NORMALIZATIONS, block_share
 from qformer_budget.analysis.load import load_runs
+from qformer_budget.core.atomic import atomic_write, write_text_atomic
 from qformer_budget.core.run_folder import method_tag_of
 from qformer_budget.core.schema import COLUMN_NAMES
 
@@ -72,7 +73,8 @@ def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = FIGURE_DPI) ->
     paths = []
     for fmt in FORMATS:
         path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=SAVE_METADATA[fmt])
+        with atomic_write(path, "wb") as f:  # a killed rerun leaves the previous figure, never a cut one
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=SAVE_METADATA[fmt])
         paths.append(path)
     plt.close(fig)
     return paths
@@ -137,7 +139,7 @@ def regenerate_figures(
         _per_benchmark_figures(records, tables, index)
         _cross_benchmark_figures(records, tables, index, n_boot)
     index_path = out_dir / INDEX_FILE
-    index_path.write_text(_index_text(records, runs_dir, out_dir, index), encoding="utf-8")
+    write_text_atomic(index_path, _index_text(records, runs_dir, out_dir, index))
     return [*index.written, index_path]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from qformer_budget.benchmarks.synthetic import write_synthetic
+from qformer_budget.core.run_folder import set_aside_path
 
 from .config import RunSpec, SweepConfig
 from .train import read_status, train_run
@@ -41,7 +42,7 @@ def ensure_synthetic_data(config: SweepConfig) -> None:
 
 def _set_aside(run_dir: Path) -> Path:
     """Move an unfinished run folder out of the way, so its records are kept and the rerun starts clean."""
-    aside = run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside = set_aside_path(run_dir, time.strftime("%Y%m%d-%H%M%S"))
     run_dir.rename(aside)
     return aside
 

@@ -3,10 +3,12 @@
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from qformer_budget.cli import main
@@ -165,3 +167,43 @@ def test_cli_figures_subcommand_and_script_write_the_same_files(one_benchmark, t
     for path in written:  # the same function behind both: the same bytes
         assert (tmp_path / "s" / path.name).read_bytes() == path.read_bytes(), path.name
 
+
+
+def test_a_rerun_that_fails_while_saving_leaves_every_earlier_file_whole(two_benchmarks, tmp_path, monkeypatch):
+    out = tmp_path / "figures"
+    regenerate_figures(two_benchmarks, out, n_boot=20)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_savefig = Figure.savefig
+    calls = []
+
+    def savefig_then_die(self, target, **kwargs):
+        calls.append(target)
+        if len(calls) == 5:  # the fifth file: some bytes written, then the process is stopped
+            target.write(b"\x89PNG half")
+            raise KeyboardInterrupt
+        return real_savefig(self, target, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        regenerate_figures(two_benchmarks, out, n_boot=20)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no cut file, no temporary left
+
+
+@pytest.mark.slow
+def test_killed_figure_reruns_leave_only_whole_files(two_benchmarks, tmp_path):
+    """``qformer-budget figures`` SIGKILLed at several moments of a rerun: every file index.md lists is whole."""
+    out = tmp_path / "figures"
+    assert main(["figures", str(two_benchmarks), "--out", str(out)]) == 0
+    command = [sys.executable, "-m", "qformer_budget.cli", "figures", str(two_benchmarks), "--out", str(out)]
+    for delay in (1.5, 2.5, 3.5, 4.5):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+        for name in listed_files(out / "index.md"):
+            path = out / name
+            if path.suffix == ".png":
+                with Image.open(path) as image:
+                    image.load()
+            else:
+                assert path.read_bytes().rstrip().endswith(b"%%EOF"), name
