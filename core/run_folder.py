@@ -11,15 +11,18 @@ were recorded by the interrupted session after its checkpoint and are superseded
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -355,3 +358,48 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+WRITER_LOCK_FILE = ".writer.lock"
+
+
+class RunFolderLocked(RuntimeError):
+    """Another live process writes this run folder's records; the message names it."""
+
+
+class WriterLock:
+    """The single writer of a run folder: an exclusive ``flock`` on ``.writer.lock``, held while open.
+
+    The lock file says who holds it (host, pid, since when) and is emptied on release. The kernel drops
+    the lock when its holder exits, killed or not, so a stale file never blocks a later writer. On NFS, Linux clients carry
+    ``flock`` as a POSIX byte-range lock to the server (NFSv4 leases): it holds across hosts there too,
+    and a crashed host's lock lapses when its lease does.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / WRITER_LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said who it is"
+            handle.close()
+            raise RunFolderLocked(
+                f"{self.path.parent}: another writer holds this run folder ({holder}); each run has one writer"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)  # names no holder once released
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None

@@ -10,7 +10,11 @@ Flush policy of :class:`ParquetSink` (the run folder that ``analysis.load_runs``
   half-written part where readers look (readers skip names starting with ``.``).
 - ``close`` drains the queue, compacts the parts into one ``records.parquet`` (temporary file,
   fsync, rename; the parts are removed only after that) and marks the run ``finished`` or
-  ``failed`` in ``run.json``.
+  ``failed`` in ``run.json``. If writing failed (a full disk, a file-size limit), the run is marked
+  ``failed`` with the error, what was written is still compacted, and the error is raised.
+- One writer per run folder: a sink holds an exclusive lock on ``.writer.lock`` from ``start`` (or
+  ``resume``) to ``close``; a second sink on the same folder is refused with an error naming the
+  holder (``core.run_folder.WriterLock``).
 - ``resume`` (a run resumed from a checkpoint at step G) appends parts to the same folder and lists the
   resume in ``run.json``; rows the stopped session recorded from G on stay on disk but are superseded
   (readers and the compaction leave them out), so no step is ever read twice.
@@ -32,6 +36,7 @@ import pyarrow.compute as pc
 from qformer_budget.core.atomic import write_parquet_atomic
 from qformer_budget.core.records import StepRecord
 from qformer_budget.core.run_folder import (
+    WriterLock,
     compact,
     holds_records,
     next_part_number,
@@ -75,9 +80,17 @@ class ParquetSink(RecordSink):
         self._meta: dict[str, Any] = {}
         self._parts_written = 0
         self._steps_written = 0
+        self._lock = WriterLock(self.run_dir)
 
     def start(self, meta: dict[str, Any]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            self._start(meta)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _start(self, meta: dict[str, Any]) -> None:
         if holds_records(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds budget records; give each run its own folder "
@@ -99,9 +112,17 @@ class ParquetSink(RecordSink):
     def resume(self, meta: dict[str, Any], global_step: int) -> None:
         """Append to this run's records from ``global_step`` on; rows the stopped session recorded from
         there on are superseded (kept on disk until compaction, never read)."""
-        meta_file = self.run_dir / RUN_META_FILE
-        if not meta_file.is_file():
+        if not (self.run_dir / RUN_META_FILE).is_file():
             raise FileNotFoundError(f"cannot resume the records of {self.run_dir}: it holds no {RUN_META_FILE}")
+        self._lock.acquire()
+        try:
+            self._resume(meta, global_step)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _resume(self, meta: dict[str, Any], global_step: int) -> None:
+        meta_file = self.run_dir / RUN_META_FILE
         previous = read_run_meta(self.run_dir)
         for key in self.RESUME_MUST_MATCH:
             now = json.loads(json.dumps(meta.get(key)))
@@ -148,16 +169,24 @@ class ParquetSink(RecordSink):
             ) from self._error
 
     def close(self, status: str = "finished") -> None:
+        """Drain, compact, and mark the run ``status``; a run whose writes failed is marked ``failed``
+        with the error, and what was written before is still compacted."""
         if self._thread is None:
             return
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
+        try:
+            try:
+                table = compact(self.run_dir, self._meta, self._parts_written)
+                self._meta["recorded_steps"] = len(pc.unique(table["global_step"]))
+            except Exception as exc:  # the parts stay where they are: compaction removes them only once done
+                self._error = self._error or exc
+            if self._error is not None:
+                status = "failed"
+                self._meta["error"] = f"writing records failed: {self._error!r}"
+            self._meta.update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            write_run_meta(self.run_dir, self._meta)
+        finally:
+            self._lock.release()
         self._raise_writer_error()
-        table = compact(self.run_dir, self._meta, self._parts_written)
-        self._meta.update(
-            status=status,
-            recorded_steps=len(pc.unique(table["global_step"])),
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        write_run_meta(self.run_dir, self._meta)

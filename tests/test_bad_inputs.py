@@ -61,6 +61,7 @@ class BadInput:
     error: type[Exception]
     message: str  # regex; names the file, field or module at fault
     holds_records: bool = False  # ``folder / "run"`` holds readable records that must survive the action
+    closes_run: bool = False  # the action closes the live run as failed: its files change, its rows stay
 
 
 # ---------------------------------------------------------------- models and AdaLoRA setups
@@ -345,7 +346,7 @@ CASES: tuple[BadInput, ...] = (
     BadInput(
         "sink-disk-full", "the Parquet sink cannot write its second step (disk full)", sink_failing_after_one_step,
         RuntimeError, r"writing budget records under .*/run/records failed: .*No space left on device.*"
-        r"the 1 steps written before are intact", holds_records=True,
+        r"the 1 steps written before are intact", holds_records=True, closes_run=True,
     ),
     BadInput(
         "records-csv-as-part", "a CSV file named records/part-00000.parquet among a live run's parts (not its newest)",
@@ -485,6 +486,11 @@ def test_bad_input_fails_clearly_and_loses_nothing(case: BadInput, tmp_path: Pat
     with pytest.raises(case.error, match=case.message):
         action()
     after = file_hashes(tmp_path)
+    if case.closes_run:
+        records_after = load_runs(tmp_path / "run")
+        assert set(records_after["status"]) == {"failed"}
+        pd.testing.assert_frame_equal(records_after.drop(columns="status"), records_before.drop(columns="status"))
+        return
     assert {path: after.get(path) for path in before} == before
     if case.holds_records:
         assert len(records_before) > 0

@@ -235,7 +235,10 @@ def test_a_failing_writer_is_reported_and_earlier_parts_survive(tmp_path, monkey
     _train_steps(model, processor, recorder, [1])
     with pytest.raises(RuntimeError, match=r"writing budget records under .*records failed: .*No space left.*the 1 steps written before are intact"):
         recorder.close()
-    assert len(pd.read_parquet(tmp_path / "records")) == 120
+    # The step written before is compacted, and run.json says the run failed and why.
+    assert len(pd.read_parquet(tmp_path / "records.parquet")) == 120 and not (tmp_path / "records").exists()
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["status"] == "failed" and "No space left on device" in meta["error"]
 
 
 def test_directions_kept_between_masks_are_the_last_masks(loop_run):
