@@ -303,7 +303,8 @@ def write_synthetic_run(
         RECORD_SCHEMA.metadata | {COMPACTED_PARTS_KEY: str(len(group_starts)).encode(), RESUMES_APPLIED_KEY: b"0"}
     )
     records_file = run_dir / RECORDS_FILE
-    with pq.ParquetWriter(temporary_name(records_file), schema, compression="zstd") as writer:
+    written = temporary_name(records_file)
+    with pq.ParquetWriter(written, schema, compression="zstd") as writer:
         for start in group_starts:
             chunk = slice(start, start + steps_per_group)
             table = _chunk_table(
@@ -342,7 +343,7 @@ def write_synthetic_run(
         "recorded_steps": int(len(steps["global_step"])),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    os.replace(temporary_name(records_file), records_file)
+    os.replace(written, records_file)
     write_run_meta(run_dir, meta)
     return run_dir
 

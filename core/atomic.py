@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,9 @@ import pyarrow.parquet as pq
 
 
 def temporary_name(path: Path) -> Path:
-    """The hidden name ``path`` is written under before it is renamed into place."""
-    return path.with_name(f".{path.name}.tmp")
+    """The hidden name ``path`` is written under before it is renamed into place: ``.<name>.<unique>.tmp``,
+    unique to the writer, so that processes writing the same file never write into each other's."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
 @contextmanager

@@ -403,3 +403,18 @@ class WriterLock:
             self._file.truncate(0)  # names no holder once released
             self._file.close()  # closing the descriptor drops the flock
             self._file = None
+
+
+class Preempted(BaseException):
+    """The process was told to stop (SIGTERM from a scheduler): runs close as ``preempted``, not ``failed``.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` carries on past it.
+    """
+
+
+def closing_status(exc: BaseException | None) -> str:
+    """The status a run closes with after ``exc`` (None: it completed)."""
+    if exc is None:
+        return "finished"
+    return "preempted" if isinstance(exc, Preempted) else "failed"
+

@@ -26,7 +26,7 @@ from peft.tuners.adalora import AdaLoraModel
 
 from qformer_budget.core.adalora_rules import AdaLoraSchedule, kept_directions, threshold_rank
 from qformer_budget.core.records import ModuleInfo, StepRecord
-from qformer_budget.core.run_folder import package_versions
+from qformer_budget.core.run_folder import closing_status, package_versions
 from qformer_budget.core.schema import SCHEMA_VERSION
 
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
@@ -233,5 +233,5 @@ class BudgetRecorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close("failed" if exc_type is not None else "finished")
+        self.close(closing_status(exc))
 

@@ -1,8 +1,9 @@
-"""The ``qformer-budget`` command: ``demo``, ``run``, ``params``, ``figures``."""
+"""The ``qformer-budget`` command: ``demo``, ``run``, ``status``, ``params``, ``figures``."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -23,6 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from qformer_budget.core.run_folder import Preempted
     from qformer_budget.runner.config import load_config
     from qformer_budget.runner.sweep import run_sweep
 
@@ -32,11 +34,40 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = config.with_paths(out=args.out)
     quiet_library_output()
-    report = run_sweep(config, progress=not args.no_progress)
+    signal.signal(signal.SIGTERM, _preempt)  # a scheduler's stop: the run closes as preempted, its claim is freed
+    try:
+        report = run_sweep(config, progress=not args.no_progress, shard=args.shard, threads=args.threads)
+    except Preempted as exc:
+        print(f"{exc}: the current run closed as preempted; run the same command again to finish the sweep")
+        return 128 + signal.SIGTERM
     print(report.summary())
     if report.finished or report.skipped:
         print(metrics_table(config.out))
     return 0 if not report.failed else 1
+
+
+def _preempt(signum: int, frame) -> None:
+    from qformer_budget.core.run_folder import Preempted
+
+    raise Preempted(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``I/N``: this worker takes every N-th run from the I-th (0-based)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N in I/N, got {text!r}")
+    return index, count
+
+
+def _status(args: argparse.Namespace) -> int:
+    from qformer_budget.runner.status import format_status, sweep_status
+
+    print(format_status(sweep_status(args.out)))
+    return 0
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -75,7 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="sweep config (TOML)")
     run.add_argument("--out", default=None, help="write runs here instead of the config's [sweep] out")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--shard", type=_shard, default=None, metavar="I/N",
+        help="take every N-th run from the I-th (0-based), e.g. a Kubernetes job index or a shell loop",
+    )
+    run.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for this worker (default: all cores); workers sharing a machine should split them",
+    )
     run.set_defaults(handler=_run)
+
+    status = commands.add_parser("status", help="every run of a sweep: finished, running, preempted, failed, not started")
+    status.add_argument("out", help="the sweep's output folder")
+    status.set_defaults(handler=_status)
 
     params = commands.add_parser("params", help="trainable parameters of the paper's grid, counted on the meta device")
     params.add_argument("--presets", nargs="+", default=None, help="model presets (default: all)")

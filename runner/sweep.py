@@ -1,72 +1,118 @@
-"""Run a sweep: every run of the grid, skipping finished ones, going on past failed ones."""
+"""Run a sweep: every run of the grid, skipping finished ones, going on past failed ones.
+
+Several workers can run one sweep side by side (processes on one machine, or jobs of a scheduler): each
+run is claimed before it starts (``runner.claims``), a run another live worker holds is left to it, and a
+dead worker's run is taken over. ``shard=(i, n)`` gives a worker every n-th run from the i-th.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from qformer_budget.benchmarks.synthetic import write_synthetic
+from qformer_budget.core.atomic import write_json_atomic
 from qformer_budget.core.run_folder import set_aside_path
 
+from .claims import try_claim
 from .config import RunSpec, SweepConfig
 from .train import read_status, train_run
 
 logger = logging.getLogger(__name__)
 SYNTHETIC_MARKER = ".synthetic-complete"
+GRID_FILE = "sweep.json"
 
 
 @dataclass
 class SweepReport:
     finished: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    held: list[Path] = field(default_factory=list)
     failed: dict[Path, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"{len(self.finished)} finished, {len(self.skipped)} skipped (already finished), {len(self.failed)} failed"]
+        lines = [
+            f"{len(self.finished)} finished, {len(self.skipped)} skipped (already finished), "
+            f"{len(self.held)} left to the live workers holding them, {len(self.failed)} failed"
+        ]
         lines += [f"  FAILED {path}: {error}" for path, error in self.failed.items()]
         return "\n".join(lines)
 
 
 def ensure_synthetic_data(config: SweepConfig) -> None:
-    """Write the synthetic benchmarks the sweep needs under its data root, once (a marker says they are whole)."""
-    for benchmark in config.sweep.benchmarks:
-        root = config.data_root / benchmark
-        if not (root / SYNTHETIC_MARKER).exists():
-            write_synthetic(benchmark, root, seed=0)
-            (root / SYNTHETIC_MARKER).touch()
+    """Write the synthetic benchmarks the sweep needs under its data root, once (a marker says they are whole).
+
+    Workers starting together take turns on a lock, so one writes and the others find the marker.
+    """
+    config.data_root.mkdir(parents=True, exist_ok=True)
+    with open(config.data_root / ".synthetic.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for benchmark in config.sweep.benchmarks:
+            root = config.data_root / benchmark
+            if not (root / SYNTHETIC_MARKER).exists():
+                write_synthetic(benchmark, root, seed=0)
+                (root / SYNTHETIC_MARKER).touch()
 
 
-def _set_aside(run_dir: Path) -> Path:
-    """Move an unfinished run folder out of the way, so its records are kept and the rerun starts clean."""
-    aside = set_aside_path(run_dir, time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.rename(aside)
-    return aside
+def shard_of(runs: list[RunSpec], shard: tuple[int, int] | None) -> list[RunSpec]:
+    """Every ``n``-th run from the ``i``-th for ``shard=(i, n)``; all runs for None."""
+    if shard is None:
+        return runs
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+    return runs[index::count]
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> SweepReport:
-    """Train and evaluate every run of ``config``; a failed run is reported and the sweep goes on."""
+def write_grid(config: SweepConfig) -> None:
+    """Keep the sweep's grid in ``OUT/sweep.json``, for ``qformer-budget status``."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    runs = [{"benchmark": s.benchmark, "method": s.method.tag, "seed": s.seed, "run_dir": str(s.run_dir)} for s in config.runs()]
+    write_json_atomic(config.out / GRID_FILE, {"config": str(config.source), "runs": runs})
+
+
+def run_sweep(
+    config: SweepConfig, progress: bool = True, shard: tuple[int, int] | None = None, threads: int | None = None
+) -> SweepReport:
+    """Train and evaluate every run of ``config`` (of its ``shard``) that no live worker holds; a failed run is
+    reported and the sweep goes on. ``threads``: CPU threads for this worker (workers sharing a machine
+    should split its cores; by default torch takes them all)."""
+    runs = shard_of(config.runs(), shard)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if config.data.synthetic:
         ensure_synthetic_data(config)
+    write_grid(config)
     report = SweepReport()
-    runs: list[RunSpec] = config.runs()
     bar = tqdm(runs, desc="sweep", unit="run", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(f"{spec.benchmark}/{spec.method.tag}/seed{spec.seed}")
-        state = read_status(spec.run_dir)
-        if state == "finished":
+        if read_status(spec.run_dir) == "finished":
             report.skipped.append(spec.run_dir)
             continue
-        if spec.run_dir.exists():
-            logger.warning("set aside the unfinished run %s as %s", spec.run_dir, _set_aside(spec.run_dir))
-        try:
-            train_run(spec, progress=progress)
-        except Exception as exc:  # one broken run must not stop the sweep
-            report.failed[spec.run_dir] = f"{type(exc).__name__}: {exc}"
-            logger.error("run %s failed: %s", spec.run_dir, exc)
-        else:
-            report.finished.append(spec.run_dir)
+        claim = try_claim(spec.run_dir)
+        if claim is None:
+            report.held.append(spec.run_dir)
+            continue
+        with claim:
+            if read_status(spec.run_dir) == "finished":  # finished by the worker that held it a moment ago
+                report.skipped.append(spec.run_dir)
+                continue
+            if spec.run_dir.exists():  # an attempt whose worker is gone: keep it, start clean
+                aside = set_aside_path(spec.run_dir, time.strftime("%Y%m%d-%H%M%S"))
+                spec.run_dir.rename(aside)
+                logger.warning("set aside the unfinished run %s as %s", spec.run_dir, aside)
+            try:
+                train_run(spec, progress=progress)
+            except Exception as exc:  # one broken run must not stop the sweep
+                report.failed[spec.run_dir] = f"{type(exc).__name__}: {exc}"
+                logger.error("run %s failed: %s", spec.run_dir, exc)
+            else:
+                report.finished.append(spec.run_dir)
     return report

@@ -24,7 +24,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from qformer_budget.benchmarks import load_benchmark
 from qformer_budget.core.atomic import write_json_atomic
-from qformer_budget.core.run_folder import package_versions
+from qformer_budget.core.run_folder import closing_status, package_versions
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, TrainingPlan
 
 from .collate import InstructBlipCollator
@@ -117,9 +117,9 @@ def train(
         trainer.add_callback(QuietProgress)
     try:
         trainer.train()
-    except BaseException:
+    except BaseException as exc:
         for callback in callbacks:
-            callback.close("failed")
+            callback.close(closing_status(exc))
         raise
     return trained, plan, trainer.state.log_history
 
@@ -167,5 +167,5 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
         _write_status(run_dir, "finished", seconds=report["total_seconds"])
         return metrics
     except BaseException as exc:
-        _write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        _write_status(run_dir, closing_status(exc), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise

@@ -1,0 +1,137 @@
+"""Several workers on one sweep: each run claimed once, dead workers' runs taken over, stops recorded."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qformer_budget.cli import main
+from qformer_budget.runner import claims
+from qformer_budget.runner.claims import claim_path, read_claim, try_claim
+from qformer_budget.runner.status import sweep_status
+from qformer_budget.runner.sweep import shard_of
+
+from sweeps import sweep_config
+
+ADALORA = '[[methods]]\nname = "adalora"\ninit_r = 4\ntarget_r = 2\ndeltaT = 1\n'
+
+
+def test_a_claim_is_taken_once_and_released(tmp_path):
+    run_dir = tmp_path / "runs" / "seed0"
+    claim = try_claim(run_dir)
+    assert claim is not None and try_claim(run_dir) is None  # this process is alive: its claim holds
+    held = read_claim(run_dir)
+    assert held["host"] == socket.gethostname() and held["pid"] == os.getpid()
+    claim.release()
+    assert not claim_path(run_dir).exists()
+    again = try_claim(run_dir)
+    assert again is not None
+    again.release()
+
+
+def test_a_dead_workers_claim_is_taken_over(tmp_path):
+    run_dir = tmp_path / "runs" / "seed0"
+    worker = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"token": "t", "host": socket.gethostname(), "pid": int(worker.stdout), "process_start": "1", "heartbeat": time.time()}
+    claim_path(run_dir).parent.mkdir(parents=True)
+    claim_path(run_dir).write_text(json.dumps(dead))
+    claim = try_claim(run_dir)
+    assert claim is not None and read_claim(run_dir)["pid"] == os.getpid()
+    claim.release()
+
+
+@pytest.mark.parametrize("age, taken", [(10.0, False), (claims.STALE_AFTER_SECONDS + 60, True)])
+def test_another_hosts_claim_lives_by_its_heartbeat(tmp_path, age, taken):
+    run_dir = tmp_path / "runs" / "seed0"
+    claim_path(run_dir).parent.mkdir(parents=True)
+    claim_path(run_dir).write_text(json.dumps({"token": "t", "host": "node-17", "pid": 1, "heartbeat": time.time() - age}))
+    claim = try_claim(run_dir)
+    assert (claim is not None) == taken
+    if claim is not None:
+        claim.release()
+
+
+def test_shards_split_the_grid(tmp_path):
+    config = sweep_config(tmp_path, ADALORA, ["iconqa", "vizwiz"], 16, 8)
+    config = config.with_seeds([0, 1])
+    runs = config.runs()
+    shards = [shard_of(runs, (i, 3)) for i in range(3)]
+    assert sorted(r.run_dir for shard in shards for r in shard) == sorted(r.run_dir for r in runs)
+    with pytest.raises(ValueError, match="shard must be I/N with 0 <= I < N, got 3/3"):
+        shard_of(runs, (3, 3))
+    with pytest.raises(SystemExit):
+        main(["run", str(config.source), "--shard", "1-2"])
+
+
+def _start_worker(config_file: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "qformer_budget.cli", "run", str(config_file), "--no-progress", "--threads", "1", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_until(condition, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {seconds} s")
+        time.sleep(0.05)
+
+
+def _finished(out: Path) -> int:
+    return sum(json.loads(p.read_text())["state"] == "finished" for p in out.rglob("status.json"))
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_config_finish_every_run_once(tmp_path):
+    config = sweep_config(tmp_path, ADALORA, ["iconqa", "vizwiz"], 16, 8).with_seeds([0, 1])
+    config_file = config.source
+    config_file.write_text(config_file.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    workers = [_start_worker(config_file), _start_worker(config_file)]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(outputs)
+    finished = [int(out.split(" finished,")[0].rsplit("\n", 1)[-1]) for out in outputs]
+    assert sum(finished) == 4 and min(finished) >= 1, outputs  # both worked, and no run twice
+    out = tmp_path / "runs"
+    assert _finished(out) == 4
+    assert not list(out.rglob("*.unfinished-*")) and not list(out.rglob("*.claim"))
+    assert set(sweep_status(out)["state"]) == {"finished"}
+
+
+@pytest.mark.slow
+def test_a_killed_workers_run_is_taken_over_and_a_stopped_one_closes_as_preempted(tmp_path):
+    config = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8)
+    out = tmp_path / "runs"
+    run_dir = config.runs()[0].run_dir
+
+    def training() -> bool:
+        return (run_dir / "records").is_dir() and any((run_dir / "records").glob("part-*.parquet"))
+
+    killed = _start_worker(config.source)
+    _wait_until(training, "record part of the first worker")
+    assert sweep_status(out)["state"].tolist() == ["running"]
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert sweep_status(out)["state"].tolist() == ["stopped"]
+
+    stopped = _start_worker(config.source)  # takes the dead worker's run over, then is stopped itself
+    _wait_until(lambda: read_claim(run_dir) and read_claim(run_dir)["pid"] == stopped.pid and training(), "takeover")
+    stopped.send_signal(signal.SIGTERM)
+    output = stopped.communicate(timeout=300)[0]
+    assert stopped.returncode == 128 + signal.SIGTERM, output
+    assert "the current run closed as preempted" in output
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "preempted"  # records compacted
+    assert (run_dir / "records.parquet").is_file() and not claim_path(run_dir).exists()
+    assert sweep_status(out)["state"].tolist() == ["preempted"]
+    assert len(list(out.rglob("seed0.unfinished-*"))) == 1  # the killed worker's attempt, kept
+
+    finisher = _start_worker(config.source)
+    output = finisher.communicate(timeout=600)[0]
+    assert finisher.returncode == 0, output
+    assert sweep_status(out)["state"].tolist() == ["finished"]
+    assert len(list(out.rglob("seed0.unfinished-*"))) == 2  # and the preempted one
