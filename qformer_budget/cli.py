@@ -26,6 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from qformer_budget.core.run_folder import Preempted
     from qformer_budget.runner.config import load_config
+    from qformer_budget.runner.preemption import STOP
     from qformer_budget.runner.sweep import run_sweep
 
     from .demo import metrics_table, quiet_library_output
@@ -34,11 +35,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = config.with_paths(out=args.out)
     quiet_library_output()
-    signal.signal(signal.SIGTERM, _preempt)  # a scheduler's stop: the run closes as preempted, its claim is freed
+    if args.launcher is not None:
+        return _launch(config, args.launcher)
+    # A scheduler's stop: the run stops after its current step with a checkpoint, closes as preempted, and
+    # its claim is freed; running the same command again resumes it.
+    signal.signal(signal.SIGTERM, STOP.request)
     try:
         report = run_sweep(config, progress=not args.no_progress, shard=args.shard, threads=args.threads)
     except Preempted as exc:
-        print(f"{exc}: the current run closed as preempted; run the same command again to finish the sweep")
+        print(f"{exc}: the current run closed as preempted; run the same command again to resume it")
         return 128 + signal.SIGTERM
     print(report.summary())
     if report.finished or report.skipped:
@@ -46,10 +51,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
-def _preempt(signum: int, frame) -> None:
-    from qformer_budget.core.run_folder import Preempted
+def _launch(config, launcher: str) -> int:
+    from qformer_budget.runner.launch import launch, wait
 
-    raise Preempted(f"stopped by signal {signal.Signals(signum).name}")
+    jobs = launch(config, launcher)
+    print(f"{len(jobs)} {launcher} workers submitted: jobs {', '.join(job.job_id for job in jobs)}; "
+          f"logs in {config.out / 'submitit'}; qformer-budget status {config.out} shows where the runs stand")
+    if launcher == "local":
+        for job, summary in zip(jobs, wait(jobs)):
+            print(f"worker {job.job_id}: {summary}")
+    return 0
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -109,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--shard", type=_shard, default=None, metavar="I/N",
         help="take every N-th run from the I-th (0-based), e.g. a Kubernetes job index or a shell loop",
+    )
+    run.add_argument(
+        "--launcher", choices=["slurm", "local"], default=None,
+        help="start the workers through submitit: a Slurm array job (the config's [launcher] table), or "
+        "[launcher].local_workers processes on this machine; default: run here, in this process",
     )
     run.add_argument(
         "--threads", type=int, default=None,

@@ -111,6 +111,33 @@ class TrainingSection:
 
 
 @dataclass(frozen=True)
+class LauncherSection:
+    """How ``qformer-budget run --launcher slurm`` (or ``local``) starts its workers through submitit.
+
+    Slurm: one array job, one task per run, each with ``gpus_per_run`` GPUs, ``cpus_per_run`` CPUs (and as
+    many torch threads), ``mem_gb`` and ``time_min``; at most ``array_parallelism`` tasks at once; ``sbatch``
+    holds further sbatch options (``account``, ``qos``, ``constraint``...). Local: ``local_workers``
+    processes on this machine share its cores.
+    """
+
+    partition: str | None = None
+    gpus_per_run: int = 1
+    cpus_per_run: int = 8
+    mem_gb: int = 32
+    time_min: int = 24 * 60
+    array_parallelism: int = 32
+    sbatch: dict[str, str | int] = field(default_factory=dict)
+    local_workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("cpus_per_run", "mem_gb", "time_min", "array_parallelism", "local_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_run < 0:
+            raise ValueError(f"gpus_per_run must be >= 0, got {self.gpus_per_run}")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One cell of the sweep grid, with everything needed to train and evaluate it."""
 
@@ -149,6 +176,7 @@ class SweepConfig:
     data: DataSection
     training: TrainingSection
     methods: tuple[MethodSettings, ...]
+    launcher: LauncherSection = field(default_factory=LauncherSection)
 
     @property
     def out(self) -> Path:
@@ -197,6 +225,11 @@ class SweepConfig:
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Validate one TOML value against a dataclass field's annotation (ints are accepted for floats)."""
     origin = get_origin(annotation)
+    if origin is dict:
+        _, value_type = get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        return {key: _check_type(v, value_type, f"{where}.{key}") for key, v in value.items()}
     if origin is list:
         (item_type,) = get_args(annotation)
         if not isinstance(value, list):
@@ -286,7 +319,7 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
         raise ConfigError(f"{source}: no such config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
-    sections = {"sweep", "model", "data", "training", "methods"}
+    sections = {"sweep", "model", "data", "training", "methods", "launcher"}
     unknown = sorted(set(document) - sections)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; known sections: {sorted(sections)}")
@@ -300,6 +333,7 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
         data=_build(DataSection, document.get("data", {}), f"{name} [data]"),
         training=_build(TrainingSection, document.get("training", {}), f"{name} [training]"),
         methods=_expand_methods(document.get("methods"), f"{name} [[methods]]"),
+        launcher=_build(LauncherSection, document.get("launcher", {}), f"{name} [launcher]"),
     )
     config.runs()  # refuses run folders outside [sweep].out
     return config

@@ -22,6 +22,7 @@ from qformer_budget.core.run_folder import set_aside_path
 
 from .claims import try_claim
 from .config import RunSpec, SweepConfig
+from .preemption import resumable_checkpoint
 from .train import read_status, train_run
 
 logger = logging.getLogger(__name__)
@@ -104,12 +105,15 @@ def run_sweep(
             if read_status(spec.run_dir) == "finished":  # finished by the worker that held it a moment ago
                 report.skipped.append(spec.run_dir)
                 continue
-            if spec.run_dir.exists():  # an attempt whose worker is gone: keep it, start clean
+            resume_from = None
+            if read_status(spec.run_dir) == "preempted":  # stopped with a checkpoint: continue it exactly
+                resume_from = resumable_checkpoint(spec.run_dir)
+            if spec.run_dir.exists() and resume_from is None:  # an attempt whose worker is gone: keep it, start clean
                 aside = set_aside_path(spec.run_dir, time.strftime("%Y%m%d-%H%M%S"))
                 spec.run_dir.rename(aside)
                 logger.warning("set aside the unfinished run %s as %s", spec.run_dir, aside)
             try:
-                train_run(spec, progress=progress)
+                train_run(spec, progress=progress, resume_from=resume_from)
             except Exception as exc:  # one broken run must not stop the sweep
                 report.failed[spec.run_dir] = f"{type(exc).__name__}: {exc}"
                 logger.error("run %s failed: %s", spec.run_dir, exc)

@@ -23,7 +23,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from qformer_budget.benchmarks import load_benchmark
-from qformer_budget.core.atomic import write_json_atomic
+from qformer_budget.core.atomic import atomic_write, write_json_atomic
 from qformer_budget.core.run_folder import closing_status, package_versions
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, TrainingPlan
 
@@ -31,6 +31,7 @@ from .collate import InstructBlipCollator
 from .config import ModelSection, RunSpec
 from .evaluate import evaluate
 from .methods import get_method
+from .preemption import PreemptionCallback, raise_if_stopped
 from .presets import load_preset
 from .tiny import load_tiny_checkpoint
 
@@ -88,21 +89,24 @@ def load_data(spec: RunSpec) -> tuple[list, list]:
 
 
 def train(
-    spec: RunSpec, model: torch.nn.Module, collator: InstructBlipCollator, train_set: list, device: str, progress: bool
+    spec: RunSpec, model: torch.nn.Module, collator: InstructBlipCollator, train_set: list, device: str, progress: bool,
+    resume_from: str | None = None,
 ) -> tuple[torch.nn.Module, TrainingPlan, list[dict]]:
     """Put the run's method on ``model`` and train it with the Trainer (AdaLoRA's budget recorded into the run
-    folder); returns the trained model, the plan and the Trainer's log. The records are closed ``failed`` if
-    training raises."""
+    folder), from the checkpoint ``resume_from`` if given; returns the trained model, the plan and the
+    Trainer's log. The records are closed ``failed`` if training raises; a stop request (``runner.preemption``)
+    ends training with a checkpoint, the records closed ``preempted``, and raises ``Preempted``."""
     training = spec.training
     plan = TrainingPlan(len(train_set), training.batch_size, epochs=training.epochs,
                         gradient_accumulation_steps=training.gradient_accumulation)
     trained = get_method(spec.method.name).attach(model, spec.method, plan, spec.seed)
-    callbacks = []
+    budget = []
     if spec.method.records_budget:
-        callbacks.append(AdaLoraBudgetCallback(
+        budget.append(AdaLoraBudgetCallback(
             benchmark=spec.benchmark, seed=spec.seed, record_every=spec.method.record_every,
             meta={"method": spec.method.tag, "preset": spec.model.preset},
         ))
+    callbacks = [PreemptionCallback(budget), *budget]
     args = TrainingArguments(
         output_dir=str(spec.run_dir), per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, num_train_epochs=training.epochs,
@@ -116,11 +120,12 @@ def train(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(QuietProgress)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
     except BaseException as exc:
-        for callback in callbacks:
+        for callback in budget:
             callback.close(closing_status(exc))
         raise
+    raise_if_stopped()
     return trained, plan, trainer.state.log_history
 
 
@@ -135,8 +140,9 @@ def evaluate_saved(
                     max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
 
 
-def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
-    """Train, save and evaluate one run; returns its metrics. Status is ``failed`` if anything raises."""
+def train_run(spec: RunSpec, progress: bool = True, resume_from: str | None = None) -> dict[str, float]:
+    """Train (from the checkpoint ``resume_from`` of a stopped attempt, if given), save and evaluate one run;
+    returns its metrics. Status is ``failed`` if anything raises, ``preempted`` if the scheduler stopped it."""
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", spec.to_dict() | {"versions": package_versions()})
@@ -147,14 +153,14 @@ def train_run(spec: RunSpec, progress: bool = True) -> dict[str, float]:
         train_set, eval_set = load_data(spec)
         model, processor, decoder_only = load_model(spec.model, device)
         collator = InstructBlipCollator(processor, spec.training.max_prompt_tokens, decoder_only)
-        trained, plan, log_history = train(spec, model, collator, train_set, device, progress)
+        trained, plan, log_history = train(spec, model, collator, train_set, device, progress, resume_from)
         trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
         write_json_atomic(run_dir / "train_log.json", {"log_history": log_history})
         get_method(spec.method.name).save(trained, run_dir / ADAPTER_DIR)
         train_seconds = time.perf_counter() - started
 
         metrics, predictions = evaluate_saved(spec, collator, eval_set, device)
-        with open(run_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        with atomic_write(run_dir / "predictions.jsonl") as f:
             f.writelines(json.dumps(row) + "\n" for row in predictions)
         report = {
             "benchmark": spec.benchmark, "split": spec.eval_split, "seed": spec.seed, "method": spec.method.tag,

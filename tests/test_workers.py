@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -9,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from qformer_budget.analysis import load_runs
 from qformer_budget.cli import main
 from qformer_budget.runner import claims
 from qformer_budget.runner.claims import claim_path, read_claim, try_claim
@@ -103,7 +108,7 @@ def test_two_workers_on_one_config_finish_every_run_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_workers_run_is_taken_over_and_a_stopped_one_closes_as_preempted(tmp_path):
+def test_a_killed_workers_run_is_taken_over_and_a_stopped_one_resumed(tmp_path):
     config = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8)
     out = tmp_path / "runs"
     run_dir = config.runs()[0].run_dir
@@ -134,4 +139,81 @@ def test_a_killed_workers_run_is_taken_over_and_a_stopped_one_closes_as_preempte
     output = finisher.communicate(timeout=600)[0]
     assert finisher.returncode == 0, output
     assert sweep_status(out)["state"].tolist() == ["finished"]
-    assert len(list(out.rglob("seed0.unfinished-*"))) == 2  # and the preempted one
+    assert len(list(out.rglob("seed0.unfinished-*"))) == 1  # the stopped attempt was resumed, not set aside
+    assert json.loads((run_dir / "run.json").read_text())["resumes"][0]["global_step"] > 0
+
+
+@pytest.mark.slow
+def test_two_local_submitit_workers_finish_a_two_by_two_sweep_once(tmp_path, capsys):
+    """submitit's local executor: the real submitit path (pickled worker, its own processes), no cluster."""
+    config = sweep_config(tmp_path, ADALORA + "[launcher]\nlocal_workers = 2\ntime_min = 30\n", ["iconqa", "vizwiz"], 16, 8)
+    config.source.write_text(config.source.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["run", str(config.source), "--launcher", "local"]) == 0
+    printed = capsys.readouterr().out
+    summaries = re.findall(r"worker \d+: (\d+) finished, \d+ skipped .*?, (\d+) left to the live workers", printed)
+    assert len(summaries) == 2 and sum(int(finished) for finished, _ in summaries) == 4, printed
+    out = tmp_path / "runs"
+    assert _finished(out) == 4 and not list(out.rglob("*.unfinished-*")) and not list(out.rglob("*.claim"))
+    assert set(sweep_status(out)["state"]) == {"finished"}
+
+
+def test_slurm_gets_one_array_task_per_run_with_the_launcher_table(tmp_path, monkeypatch, capsys):
+    """submitit's Slurm executor, with stand-ins for srun and sbatch that keep the batch script they get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    launcher = (
+        '[launcher]\npartition = "gpu"\ngpus_per_run = 1\ncpus_per_run = 6\nmem_gb = 40\ntime_min = 720\n'
+        'array_parallelism = 3\nsbatch = { account = "lab", qos = "normal" }\n'
+    )
+    config = sweep_config(tmp_path, ADALORA + launcher, ["iconqa", "vizwiz"], 16, 8)
+    config.source.write_text(config.source.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["run", str(config.source), "--launcher", "slurm"]) == 0
+    assert "4 slurm workers submitted: jobs 4242_0, 4242_1, 4242_2, 4242_3" in capsys.readouterr().out
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("--array=0-3%3", "--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=6", "--mem=40GB",
+                 "--time=720", "--signal=USR2@120", "--account=lab", "--qos=normal"):
+        assert f"#SBATCH {line}\n" in script, line
+    pickles = list((tmp_path / "runs" / "submitit").glob("4242_*_submitted.pkl"))
+    assert len(pickles) == 4  # one pickled worker per array task
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGTERM mid-training, then the same command again: records, rank pattern, adapter and metrics equal an
+    uninterrupted run's."""
+    straight = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8, out="straight")
+    stopped = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8, out="stopped")
+    worker = _start_worker(straight.source)
+    assert worker.wait(timeout=600) == 0
+    run_dir = stopped.runs()[0].run_dir
+
+    def some_steps_recorded() -> bool:
+        parts = sorted((run_dir / "records").glob("part-*.parquet")) if (run_dir / "records").is_dir() else []
+        return len(parts) >= 3
+
+    worker = _start_worker(stopped.source)
+    _wait_until(some_steps_recorded, "three record parts")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=300) == 128 + signal.SIGTERM
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
+    assert list(run_dir.glob("checkpoint-*/qformer_budget_state.safetensors"))
+    worker = _start_worker(stopped.source)
+    assert worker.wait(timeout=600) == 0
+
+    a, b = (load_runs(spec.runs()[0].run_dir).drop(columns=["run", "status"]) for spec in (straight, stopped))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b)
+    first, second = (spec.runs()[0].run_dir / "adapter" for spec in (straight, stopped))
+    config_a, config_b = (json.loads((d / "adapter_config.json").read_text()) for d in (first, second))
+    assert config_a["rank_pattern"] == config_b["rank_pattern"]
+    tensors_a, tensors_b = (load_file(str(d / "adapter_model.safetensors")) for d in (first, second))
+    assert tensors_a.keys() == tensors_b.keys()
+    assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+    metrics_a, metrics_b = (json.loads((spec.runs()[0].run_dir / "metrics.json").read_text())["metrics"]
+                            for spec in (straight, stopped))
+    assert metrics_a == metrics_b

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
+
+from qformer_budget.core.atomic import atomic_write, write_text_atomic
 
 from .config import MemVPConfig
 from .layer import FFN_LAYOUT_NAMES, VisualMemory, find_ffns
@@ -208,8 +210,9 @@ def save_memvp(model: MemVPModel, path: str | os.PathLike) -> None:
     """Write ``memvp.safetensors`` (the trainable tensors) and ``memvp_config.json`` into the folder ``path``."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(memvp_state_dict(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(model.memvp_config.to_dict(), indent=2) + "\n")
+    with atomic_write(folder / WEIGHTS_NAME, "wb") as f:
+        f.write(save(memvp_state_dict(model), metadata={"format": "pt"}))
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(model.memvp_config.to_dict(), indent=2) + "\n")
 
 
 def load_memvp(base_model: nn.Module, path: str | os.PathLike) -> MemVPModel:

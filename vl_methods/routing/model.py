@@ -29,6 +29,7 @@ from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from torch.utils.hooks import RemovableHandle
 
+from qformer_budget.core.atomic import write_text_atomic
 from qformer_budget.peft_hooks import AdaLoraPeftModel, AdaLoraSetup, add_adalora, load_adapter, save_adapter
 from qformer_budget.peft_hooks.model import seeded
 
@@ -168,7 +169,7 @@ def save_routed(model: PeftModel, path: str | os.PathLike) -> None:
             "build it with add_routed_lora, add_routed_adalora or load_routed"
         )
     save_adapter(model, path)
-    (Path(path) / ROUTING_FILE).write_text(json.dumps(asdict(hooks.config), indent=2) + "\n")
+    write_text_atomic(Path(path) / ROUTING_FILE, json.dumps(asdict(hooks.config), indent=2) + "\n")
 
 
 def load_routed(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftModel:
