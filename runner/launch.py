@@ -68,18 +68,22 @@ def executor(config: SweepConfig, launcher: str) -> submitit.Executor:
     raise ValueError(f"unknown launcher {launcher!r}; launchers are {', '.join(LAUNCHERS)}")
 
 
+def sweep_workers(config: SweepConfig, launcher: str) -> list[SweepWorker]:
+    """Slurm: one worker per run (task ``i`` takes run ``i``), with ``cpus_per_run`` threads. Local:
+    ``local_workers`` workers taking runs as they come, splitting this machine's cores between them."""
+    if launcher == "slurm":
+        count = len(config.runs())
+        return [SweepWorker(config.source, config.out, (i, count), config.launcher.cpus_per_run) for i in range(count)]
+    count = config.launcher.local_workers
+    threads = max(1, (os.cpu_count() or 1) // count)
+    return [SweepWorker(config.source, config.out, None, threads) for _ in range(count)]
+
+
 def launch(config: SweepConfig, launcher: str) -> list[submitit.Job]:
     """Submit the sweep's workers; returns their jobs (Slurm: one array task per run)."""
     chosen = executor(config, launcher)
-    if launcher == "slurm":
-        count = len(config.runs())
-        workers = [SweepWorker(config.source, config.out, (i, count), config.launcher.cpus_per_run) for i in range(count)]
-    else:
-        count = config.launcher.local_workers
-        threads = max(1, (os.cpu_count() or 1) // count)
-        workers = [SweepWorker(config.source, config.out, None, threads) for _ in range(count)]
     with chosen.batch():
-        jobs = [chosen.submit(worker) for worker in workers]
+        jobs = [chosen.submit(worker) for worker in sweep_workers(config, launcher)]
     return jobs
 
 
@@ -88,4 +92,4 @@ def wait(jobs: list[submitit.Job]) -> list[str]:
     return [job.result() for job in jobs]
 
 
-__all__ = ["LAUNCHERS", "SweepReport", "SweepWorker", "executor", "launch", "wait"]
+__all__ = ["LAUNCHERS", "SweepReport", "SweepWorker", "executor", "launch", "sweep_workers", "wait"]

@@ -159,6 +159,7 @@ def _loop(run_dir, checkpoint_dir, start: int, stop: int, save_at: int | None, c
         while recorder.sinks[0]._steps_written < stop - start:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        recorder.sinks[0]._lock.release()  # as the kernel drops a killed process's lock on the run folder
     return model
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import submitit
 import torch
 from safetensors.torch import load_file
 
@@ -19,6 +20,7 @@ from qformer_budget.analysis import load_runs
 from qformer_budget.cli import main
 from qformer_budget.runner import claims
 from qformer_budget.runner.claims import claim_path, read_claim, try_claim
+from qformer_budget.runner.launch import launch, sweep_workers
 from qformer_budget.runner.status import sweep_status
 from qformer_budget.runner.sweep import shard_of
 
@@ -72,6 +74,14 @@ def test_shards_split_the_grid(tmp_path):
         shard_of(runs, (3, 3))
     with pytest.raises(SystemExit):
         main(["run", str(config.source), "--shard", "1-2"])
+
+
+def test_workers_split_the_cores_locally_and_take_one_run_each_on_slurm(tmp_path):
+    config = sweep_config(tmp_path, ADALORA + "[launcher]\nlocal_workers = 2\ncpus_per_run = 6\n", ["iconqa", "vizwiz"], 16, 8)
+    local = sweep_workers(config, "local")
+    assert [(w.shard, w.threads) for w in local] == [(None, max(1, os.cpu_count() // 2))] * 2
+    slurm = sweep_workers(config, "slurm")
+    assert [(w.shard, w.threads) for w in slurm] == [((0, 2), 6), ((1, 2), 6)]
 
 
 def _start_worker(config_file: Path, *extra: str) -> subprocess.Popen:
@@ -217,3 +227,27 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
     metrics_a, metrics_b = (json.loads((spec.runs()[0].run_dir / "metrics.json").read_text())["metrics"]
                             for spec in (straight, stopped))
     assert metrics_a == metrics_b
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_requeues_and_resumes_exactly(tmp_path):
+    """submitit's own preemption path: its signal to the local job, its requeue, our resume from the checkpoint."""
+    straight = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8, out="straight")
+    assert _start_worker(straight.source).wait(timeout=600) == 0
+    preempted = sweep_config(tmp_path, ADALORA + "[launcher]\nlocal_workers = 1\ntime_min = 60\n", ["iconqa"], 320, 8,
+                             out="preempted")
+    run_dir = preempted.runs()[0].run_dir
+    (job,) = launch(preempted, "local")
+    assert job.submission().function.threads == os.cpu_count()  # one worker: all cores
+    _wait_until(lambda: (run_dir / "records").is_dir() and len(list((run_dir / "records").glob("part-*"))) >= 3,
+                "three record parts")
+    task = read_claim(run_dir)["pid"]  # the task process; its claim names it
+    os.kill(task, submitit.JobEnvironment._usr_sig())  # what Slurm sends before preempting or at the time limit
+    assert "1 finished" in job.result()  # the requeued task
+    assert read_claim(run_dir) is None and "requeue" in job.stdout().lower()
+    assert json.loads((run_dir / "run.json").read_text())["resumes"][0]["global_step"] > 0
+    pd.testing.assert_frame_equal(
+        load_runs(run_dir).drop(columns=["run", "status"]),
+        load_runs(straight.runs()[0].run_dir).drop(columns=["run", "status"]),
+    )
+    assert not list((tmp_path / "preempted").rglob("*.unfinished-*"))
