@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qformer_budget.core.layout import is_set_aside
 from qformer_budget.core.run_folder import (
     Filters,
     RecordError,
     check_regular_file,
-    is_set_aside,
     read_record_file,
     read_run_meta,
     read_schema,

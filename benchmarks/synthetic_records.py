@@ -39,7 +39,8 @@ from qformer_budget.core.adalora_rules import (
 )
 from qformer_budget.core.atomic import temporary_name
 from qformer_budget.core.grammar import is_structural, sublayer_label, target_modules_regex
-from qformer_budget.core.run_folder import adalora_tag, package_versions, run_path, write_run_meta
+from qformer_budget.core.layout import adalora_tag, run_path
+from qformer_budget.core.run_folder import package_versions, write_run_meta
 from qformer_budget.core.schema import (
     COMPACTED_PARTS_KEY,
     PHASES,

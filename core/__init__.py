@@ -2,7 +2,8 @@
 
 - :mod:`.grammar`: the one naming grammar of Q-Former sublayers, and the placements;
 - :mod:`.schema`: the record schema;
-- :mod:`.run_folder`: run.json, record parts, compaction and resume bookkeeping;
+- :mod:`.run_folder`: run.json, record parts and their validation, compaction, resume bookkeeping, the writer lock;
+- :mod:`.layout`: the sweep's folders (``OUT/<benchmark>/<method tag>/seed<k>``), method tags, set-aside attempts;
 - :mod:`.atomic`: atomic file writes;
 - :mod:`.adalora_rules`: AdaLoRA's schedule, phases, mask threshold and rank_pattern keys.
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from qformer_budget.analysis import NORMALIZATIONS, block_share
 from qformer_budget.analysis.load import load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
-from qformer_budget.core.run_folder import method_tag_of
+from qformer_budget.core.layout import method_tag_of
 from qformer_budget.core.schema import COLUMN_NAMES
 
 from .distributions import plot_block_share_ci, plot_importance

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from qformer_budget.benchmarks.registry import BENCHMARKS
-from qformer_budget.core.run_folder import run_path
+from qformer_budget.core.layout import run_path
 
 from .methods import METHODS, MethodSettings, get_method
 

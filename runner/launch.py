@@ -4,9 +4,9 @@ Every worker is an ordinary sweep worker (``run_sweep``): runs are claimed, so w
 twice and a dead worker's run is taken over. Slurm gets one array task per run (task ``i`` takes run ``i``);
 the local launcher starts ``local_workers`` processes that take runs as they come, splitting the cores.
 
-On preemption or at the time limit Slurm signals the job (submitit asks for ``USR2`` before the limit).
-The worker closes its current run as ``preempted`` and frees its claim, then submitit requeues the task,
-which takes the run again.
+On preemption (SIGTERM) or before the time limit (submitit asks Slurm for ``USR2``), the worker stops after
+the current optimizer step with a checkpoint, closes the run as ``preempted`` and frees its claim; then
+submitit requeues the task, which resumes the run from the checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ class SweepWorker(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         config = load_config(self.config).with_paths(out=self.out)
         requeue = signal.getsignal(submitit.JobEnvironment._usr_sig())  # submitit's: checkpoint and requeue
-        signal.signal(submitit.JobEnvironment._usr_sig(), STOP.request)  # stop after the step, then requeue
+        # Stop after the current step, then requeue: on submitit's signal before the time limit, and on the
+        # SIGTERM Slurm sends when it preempts the job (which submitit alone would let pass).
+        signal.signal(submitit.JobEnvironment._usr_sig(), STOP.request)
+        signal.signal(signal.SIGTERM, STOP.request)
         try:
             report = run_sweep(config, progress=False, shard=self.shard, threads=self.threads)
         except Preempted:

@@ -26,7 +26,7 @@ from qformer_budget.core.adalora_rules import (
     adapter_parameters,
     check_ranks,
 )
-from qformer_budget.core.run_folder import adalora_tag, check_folder_name, lora_tag
+from qformer_budget.core.layout import adalora_tag, check_folder_name, lora_tag
 from qformer_budget.vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from qformer_budget.benchmarks.synthetic import write_synthetic
 from qformer_budget.core.atomic import write_json_atomic
-from qformer_budget.core.run_folder import set_aside_path
+from qformer_budget.core.layout import set_aside_path
 
 from .claims import try_claim
 from .config import RunSpec, SweepConfig

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import submitit
 import torch
 from safetensors.torch import load_file
 
@@ -230,8 +229,9 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_preempted_submitit_job_requeues_and_resumes_exactly(tmp_path):
-    """submitit's own preemption path: its signal to the local job, its requeue, our resume from the checkpoint."""
+@pytest.mark.parametrize("stop", ["USR2", "TERM"])
+def test_a_preempted_submitit_job_requeues_and_resumes_exactly(tmp_path, stop):
+    """submitit's own requeue path after Slurm's signals: USR2 before the time limit, SIGTERM on preemption."""
     straight = sweep_config(tmp_path, ADALORA, ["iconqa"], 320, 8, out="straight")
     assert _start_worker(straight.source).wait(timeout=600) == 0
     preempted = sweep_config(tmp_path, ADALORA + "[launcher]\nlocal_workers = 1\ntime_min = 60\n", ["iconqa"], 320, 8,
@@ -242,7 +242,7 @@ def test_a_preempted_submitit_job_requeues_and_resumes_exactly(tmp_path):
     _wait_until(lambda: (run_dir / "records").is_dir() and len(list((run_dir / "records").glob("part-*"))) >= 3,
                 "three record parts")
     task = read_claim(run_dir)["pid"]  # the task process; its claim names it
-    os.kill(task, submitit.JobEnvironment._usr_sig())  # what Slurm sends before preempting or at the time limit
+    os.kill(task, getattr(signal, f"SIG{stop}"))
     assert "1 finished" in job.result()  # the requeued task
     assert read_claim(run_dir) is None and "requeue" in job.stdout().lower()
     assert json.loads((run_dir / "run.json").read_text())["resumes"][0]["global_step"] > 0
