@@ -133,7 +133,9 @@ def test_a_killed_workers_run_is_taken_over_and_a_stopped_one_resumed(tmp_path):
     assert sweep_status(out)["state"].tolist() == ["stopped"]
 
     stopped = _start_worker(config.source)  # takes the dead worker's run over, then is stopped itself
-    _wait_until(lambda: read_claim(run_dir) and read_claim(run_dir)["pid"] == stopped.pid and training(), "takeover")
+    # Stopped once it trains: the dead attempt is set aside and the new one has recorded.
+    _wait_until(lambda: list(out.rglob("seed0.unfinished-*")) and training(), "takeover")
+    assert read_claim(run_dir)["pid"] == stopped.pid
     stopped.send_signal(signal.SIGTERM)
     output = stopped.communicate(timeout=300)[0]
     assert stopped.returncode == 128 + signal.SIGTERM, output
