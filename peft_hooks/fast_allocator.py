@@ -3,8 +3,8 @@
 peft's allocator loops in Python over every adapter parameter and allocates about ten new tensors
 per parameter per step (``update_ipt``), and loops again over every module at each mask step
 (``mask_to_budget``). :class:`FastRankAllocator` computes the same numbers with a few ops over one
-flat buffer per quantity: the importance averages are bit-for-bit peft's (same elementwise ops, in
-the same order, each rounded once) and the triplet scores reduce whole groups of equally shaped
+flat buffer per quantity: the importance averages are bit-for-bit peft's in every dtype (the same
+elementwise ops in the same order, rounded where peft's are) and the triplet scores reduce whole groups of equally shaped
 modules at once. It is optional and off by default: swap it in with :func:`use_fast_allocator`
 (or ``BudgetRecorder(..., fast_allocator=True)``); peft's ``AdaLoraModel.update_and_allocate`` keeps
 driving it unchanged.
@@ -201,7 +201,6 @@ class FastRankAllocator(RankAllocator):
             name: torch.zeros(self.layout.numel, dtype=first.dtype, device=first.device)
             for name in (*AVERAGES, "scratch")
         }
-        self._one = torch.ones((), dtype=first.dtype, device=first.device)
         for name in AVERAGES:
             views = dict(zip(self._names, self.layout.matrix_views(self._flat[name])))
             setattr(self, name, {key: views[key] for key in self._peft_order})
@@ -232,11 +231,12 @@ class FastRankAllocator(RankAllocator):
         self._sensitivities(self._parameters, [param.grad for param in self._parameters])
         with torch.no_grad():
             ipt.abs_()
-            # beta * avg + (1 - beta) * x with each product rounded once, as peft computes it: addcmul by a
-            # scalar one adds the rounded product (1 - beta) * x to the rounded beta * avg.
-            average.mul_(self.beta1).addcmul_(ipt, self._one, value=1 - self.beta1)
-            torch.sub(ipt, average, out=scratch).abs_()
-            uncertainty.mul_(self.beta2).addcmul_(scratch, self._one, value=1 - self.beta2)
+            # beta * avg + (1 - beta) * x as peft computes it, in the adapter's dtype: both products rounded,
+            # then their sum rounded (a fused multiply-add would round once and differ in bf16 and fp16).
+            torch.mul(ipt, 1 - self.beta1, out=scratch)
+            average.mul_(self.beta1).add_(scratch)
+            torch.sub(ipt, average, out=scratch).abs_().mul_(1 - self.beta2)
+            uncertainty.mul_(self.beta2).add_(scratch)
 
     def triplet_scores(self, modules: Sequence[ModuleInfo] | None = None) -> torch.Tensor | None:
         """Triplet scores ``(n_modules, r)``, rows in ``modules``' order (default: the allocator's).

@@ -20,11 +20,14 @@ raises :class:`PeftInternalsChanged` naming the peft version and the internal wh
   ``mask_using_rank_pattern`` and ``reset_ipt``; the recorder reads the averages, resume saves and restores
   them, and the fast allocator replaces the methods with the same arithmetic (``_element_score`` and
   ``_combine_ipt`` are its reference in the tests).
-- the texts of two peft warnings that are false alarms for AdaLoRA adapters, silenced when saving and loading.
+- the texts of two peft warnings that are false alarms for AdaLoRA adapters, silenced when saving and loading;
+- ``AdaLoraModel.update_and_allocate``, guarded per instance (:func:`update_once_per_step`) so that a second
+  update of the same step, which would update the averages twice, is refused.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,6 +60,7 @@ __all__ = [
     "peft_forward_hooks",
     "set_allocator_averages",
     "swap_layer_class",
+    "update_once_per_step",
 ]
 
 
@@ -117,3 +121,25 @@ def set_allocator_averages(allocator: RankAllocator, averages: dict[str, dict[st
 def allocator_takes(parameter_name: str, adapter: str) -> bool:
     """peft's name filter in ``RankAllocator.update_ipt``: the parameters whose importance it averages."""
     return "lora_" in parameter_name and adapter in parameter_name
+
+
+def _update_once_per_step(self, global_step: int):
+    """peft's ``AdaLoraModel.update_and_allocate``, refusing a step that was updated already."""
+    last = getattr(self, "_qformer_budget_updated_step", None)
+    if last is not None and global_step <= last:
+        raise RuntimeError(
+            f"AdaLoRA's update_and_allocate was called for step {global_step} after step {last} was updated: "
+            "it would update the importance averages twice. BudgetRecorder.step (and AdaLoraBudgetCallback) call "
+            "it once per step: remove your own call to update_and_allocate, or the second recorder on this model"
+        )
+    self._qformer_budget_updated_step = global_step
+    return type(self).update_and_allocate(self, global_step)
+
+
+def update_once_per_step(adalora) -> None:
+    """From now on, a second ``update_and_allocate`` for a step of ``adalora`` raises, naming what to remove.
+
+    Installed on the instance as a bound method, so that a deep copy of the model guards itself.
+    """
+    if "update_and_allocate" not in vars(adalora):
+        adalora.update_and_allocate = types.MethodType(_update_once_per_step, adalora)

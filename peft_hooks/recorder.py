@@ -31,7 +31,7 @@ from qformer_budget.core.schema import SCHEMA_VERSION
 
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
 from .model import allocator_parameters, find_adalora_model
-from .peft_internals import AdaLoraLayer
+from .peft_internals import AdaLoraLayer, allocator_averages, update_once_per_step
 from .sinks import ParquetSink, RecordSink
 
 
@@ -109,6 +109,13 @@ class BudgetRecorder:
         self._closed = False
 
     def _start(self, adalora: AdaLoraModel) -> None:
+        if self.resume_from_step is None and allocator_averages(adalora.rankallocator)["exp_avg_ipt"]:
+            raise RuntimeError(
+                "AdaLoRA's update_and_allocate already ran before this BudgetRecorder's first step: it would update "
+                "the importance averages twice. BudgetRecorder.step calls it once per step: remove your own call to "
+                "update_and_allocate (or start the recorder on a fresh model)"
+            )
+        update_once_per_step(adalora)
         if self.fast_allocator:
             use_fast_allocator(adalora)
         adapter = adalora.trainable_adapter_name
