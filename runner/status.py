@@ -13,18 +13,9 @@ from qformer_budget.core.run_folder import RecordError, read_record_file, read_r
 
 from .claims import claim_path, is_live, read_claim
 from .sweep import GRID_FILE
-from .train import STATUS_FILE
+from .train import read_status_file
 
 STATUS_COLUMNS = ["benchmark", "method", "seed", "state", "detail"]
-
-
-def _status_file(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        return {"state": "unreadable", "error": f"{run_dir / STATUS_FILE}: {exc}"}
 
 
 def _last_step(run_dir: Path) -> str:
@@ -40,7 +31,7 @@ def _last_step(run_dir: Path) -> str:
 def run_state(run_dir: Path) -> tuple[str, str]:
     """``(state, detail)`` of one run folder of a sweep."""
     claim = read_claim(run_dir)
-    status = _status_file(run_dir)
+    status = read_status_file(run_dir)
     state = status.get("state")
     if claim is not None and is_live(claim, claim_path(run_dir)):
         beat = claim.get("heartbeat")

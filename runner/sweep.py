@@ -102,11 +102,12 @@ def run_sweep(
             report.held.append(spec.run_dir)
             continue
         with claim:
-            if read_status(spec.run_dir) == "finished":  # finished by the worker that held it a moment ago
+            state = read_status(spec.run_dir)
+            if state == "finished":  # finished by the worker that held it a moment ago
                 report.skipped.append(spec.run_dir)
                 continue
             resume_from = None
-            if read_status(spec.run_dir) == "preempted":  # stopped with a checkpoint: continue it exactly
+            if state == "preempted":  # stopped with a checkpoint: continue it exactly
                 resume_from = resumable_checkpoint(spec.run_dir)
             if spec.run_dir.exists() and resume_from is None:  # an attempt whose worker is gone: keep it, start clean
                 aside = set_aside_path(spec.run_dir, time.strftime("%Y%m%d-%H%M%S"))

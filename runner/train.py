@@ -46,12 +46,20 @@ class QuietProgress(ProgressCallback):
         pass
 
 
-def read_status(run_dir: Path) -> str | None:
-    """The run's state (``running``, ``finished``, ``failed``), None if it never started."""
+def read_status_file(run_dir: Path) -> dict[str, Any]:
+    """The run's ``status.json``: ``{}`` if it never started, state ``unreadable`` (with the error) if damaged."""
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))["state"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        return {"state": "unreadable", "error": f"{run_dir / STATUS_FILE}: {exc}"}
+    return status if isinstance(status, dict) else {"state": "unreadable", "error": f"{run_dir / STATUS_FILE}: not an object"}
+
+
+def read_status(run_dir: Path) -> str | None:
+    """The run's state (``running``, ``finished``, ``failed``, ``preempted``), None if it never started."""
+    return read_status_file(run_dir).get("state")
 
 
 def _write_status(run_dir: Path, state: str, **details: Any) -> None:
