@@ -2,19 +2,20 @@
 
 Loaders read the benchmarks' official files, check each record as they go and raise
 ``BenchmarkDataError`` naming the file and the record at fault, so a broken download fails at load
-time with a message that says where to look, not deep inside a training step.
+time with a message that says where to look, not deep inside a training step. Given a
+``missing_images`` dict, they list every missing image file there instead of refusing the first.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 BENCHMARK_KINDS = {
     "scienceqa": "multiple_choice",
@@ -22,6 +23,9 @@ BENCHMARK_KINDS = {
     "flickr30k": "caption",
     "vizwiz": "open_vqa",
 }
+
+
+T = TypeVar("T")
 
 
 class BenchmarkDataError(ValueError):
@@ -58,6 +62,15 @@ class Example:
 
     def load_image(self) -> Image.Image:
         """The image in RGB; ``BenchmarkDataError`` names the file and example if it cannot be read."""
+        return self._read_image(lambda image: image.convert("RGB"))
+
+    def verify_image(self) -> None:
+        """Check that the image opens, from its header (and a PNG's checksums) without decoding the pixels;
+        ``BenchmarkDataError`` names the file and example if it cannot be read."""
+        self._read_image(Image.Image.verify)
+
+    def _read_image(self, read: Callable[[Image.Image], T]) -> T:
+        """``read`` applied to the opened image; any failure to read it as a ``BenchmarkDataError``."""
         source = "inline image bytes" if self.image_bytes is not None else f"image file {self.image_path}"
         try:
             if self.image_bytes is not None:
@@ -65,8 +78,8 @@ class Example:
             else:
                 image = Image.open(self.image_path)
             with image:
-                return image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
+                return read(image)
+        except (OSError, SyntaxError) as error:  # PIL raises SyntaxError for a damaged file (a PNG checksum)
             raise BenchmarkDataError(
                 f"{self.benchmark} example {self.example_id}: cannot read {source}: {error}"
             ) from error
@@ -114,10 +127,17 @@ def require_string_list(record: Any, name: str, where: str, min_length: int = 1)
     return values
 
 
-def require_image_file(path: Path, where: str) -> Path:
-    """``path`` if it is an existing file, else an error naming the expected image file."""
+def require_image_file(path: Path, where: str, missing_images: dict[Path, str] | None = None) -> Path:
+    """``path`` if it is an existing file, else an error naming the expected image file.
+
+    With ``missing_images`` given, the error's message is stored there under ``path``, which is returned, so
+    that a loader lists every missing image of a split (the dry run) rather than stopping at the first.
+    """
     if not path.is_file():
-        raise BenchmarkDataError(f"{where}: image file not found: {path}")
+        message = f"{where}: image file not found: {path}"
+        if missing_images is None:
+            raise BenchmarkDataError(message)
+        missing_images[path] = message
     return path
 
 

@@ -92,7 +92,7 @@ def _image_example(image_path: Path, captions: list[str]) -> Example:
     )
 
 
-def _load_lavis(root: Path, path: Path) -> list[Example]:
+def _load_lavis(root: Path, path: Path, missing_images: dict[Path, str] | None) -> list[Example]:
     entries = require_type(read_json(path), list, str(path), "the file")
     captions_seen: Counter[str] = Counter()
     examples = []
@@ -100,7 +100,7 @@ def _load_lavis(root: Path, path: Path) -> list[Example]:
         where = f"{path}, entry {index}"
         image_name = require_field(entry, "image", str, where)
         where = f"{path}, entry {index} (image {image_name})"
-        image_path = require_image_file(root / image_name, where)
+        image_path = require_image_file(root / image_name, where, missing_images)
         caption = require_field(entry, "caption", (str, list), where)
         if isinstance(caption, str):
             examples += _caption_examples(image_path, [caption], captions_seen[image_name])
@@ -110,7 +110,9 @@ def _load_lavis(root: Path, path: Path) -> list[Example]:
     return examples
 
 
-def _load_karpathy(root: Path, path: Path, split: str) -> list[Example]:
+def _load_karpathy(
+    root: Path, path: Path, split: str, missing_images: dict[Path, str] | None
+) -> list[Example]:
     dataset = read_json(path)
     images = require_field(dataset, "images", list, str(path))
     examples = []
@@ -127,7 +129,7 @@ def _load_karpathy(root: Path, path: Path, split: str) -> list[Example]:
             require_field(sentence, "raw", str, f"{where}, sentence {k}")
             for k, sentence in enumerate(sentences)
         ]
-        image_path = require_image_file(root / IMAGE_FOLDER / filename, where)
+        image_path = require_image_file(root / IMAGE_FOLDER / filename, where, missing_images)
         if split == "train":
             examples += _caption_examples(image_path, captions, 0)
         else:
@@ -137,15 +139,18 @@ def _load_karpathy(root: Path, path: Path, split: str) -> list[Example]:
     return examples
 
 
-def load_flickr30k(root: str | os.PathLike, split: str) -> list[Example]:
-    """Flickr30k ``split`` from the first annotation file found: LAVIS files first, then Karpathy's."""
+def load_flickr30k(
+    root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None = None
+) -> list[Example]:
+    """Flickr30k ``split`` from the first annotation file found: LAVIS files first, then Karpathy's
+    (``missing_images``: see ``examples.require_image_file``)."""
     root = Path(root)
     for path in _lavis_paths(root, split):
         if path.is_file():
-            return _load_lavis(root, path)
+            return _load_lavis(root, path, missing_images)
     for path in _karpathy_paths(root):
         if path.is_file():
-            return _load_karpathy(root, path, split)
+            return _load_karpathy(root, path, split, missing_images)
     looked_for = ", ".join(str(path) for path in _lavis_paths(root, split) + _karpathy_paths(root))
     raise BenchmarkDataError(
         f"annotation file not found for Flickr30k split {split!r}: looked for {looked_for}"

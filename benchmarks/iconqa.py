@@ -57,8 +57,11 @@ def iconqa_prompt(question: str, options: Sequence[str]) -> str:
     return f"Question: {question} Options: {' '.join(options)}. Short answer:"
 
 
-def load_iconqa(root: str | os.PathLike, split: str) -> list[Example]:
-    """The ``choose_txt`` problems of ``split``, in the order of ``problems.json``."""
+def load_iconqa(
+    root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None = None
+) -> list[Example]:
+    """The ``choose_txt`` problems of ``split``, in the order of ``problems.json`` (``missing_images``: see
+    ``examples.require_image_file``)."""
     root = Path(root)
     problems_path = root / "problems.json"
     problems = require_type(read_json(problems_path), dict, str(problems_path), "the file")
@@ -73,7 +76,8 @@ def load_iconqa(root: str | os.PathLike, split: str) -> list[Example]:
         question = require_field(problem, "question", str, where)
         choices, answer = read_multiple_choice(problem, where)
         options = lettered_options(choices)
-        image_path = require_image_file(image_root / split / QUESTION_TYPE / pid / "image.png", where)
+        image_file = image_root / split / QUESTION_TYPE / pid / "image.png"
+        image_path = require_image_file(image_file, where, missing_images)
         examples.append(
             Example(
                 benchmark="iconqa",

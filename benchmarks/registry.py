@@ -14,10 +14,12 @@ from .vizwiz import load_vizwiz
 BENCHMARKS = tuple(BENCHMARK_KINDS)
 
 
-def _load_scienceqa_any(root: str | os.PathLike, split: str) -> list[Example]:
-    """The official JSON release if ``root`` has ``problems.json``, else the parquet export."""
+def _load_scienceqa_any(
+    root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None
+) -> list[Example]:
+    """The official JSON release if ``root`` has ``problems.json``, else the parquet export (images inline)."""
     if (Path(root) / "problems.json").is_file():
-        return load_scienceqa(root, split)
+        return load_scienceqa(root, split, missing_images)
     if scienceqa_parquet_files(root, split):
         return load_scienceqa_parquet(root, split)
     raise BenchmarkDataError(
@@ -34,8 +36,14 @@ _LOADERS = {
 }
 
 
-def load_benchmark(name: str, root: str | os.PathLike, split: str) -> list[Example]:
-    """The examples of benchmark ``name``'s ``split`` stored at ``root`` in its official format."""
+def load_benchmark(
+    name: str, root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None = None
+) -> list[Example]:
+    """The examples of benchmark ``name``'s ``split`` stored at ``root`` in its official format.
+
+    ``missing_images``: list every missing image file there instead of refusing the first
+    (``examples.require_image_file``).
+    """
     if name not in _LOADERS:
         raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-    return _LOADERS[name](root, split)
+    return _LOADERS[name](root, split, missing_images)

@@ -81,11 +81,13 @@ def _example(example_id: str, record: dict, where: str, **image: Path | bytes) -
     )
 
 
-def load_scienceqa(root: str | os.PathLike, split: str) -> list[Example]:
+def load_scienceqa(
+    root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None = None
+) -> list[Example]:
     """Image problems of ``split`` (a key of ``pid_splits.json``) from the official release at ``root``.
 
     Images are read from ``images/{problem split}/{pid}/{image}``, so combined splits such as
-    ``trainval`` find their images too.
+    ``trainval`` find their images too. ``missing_images``: see ``examples.require_image_file``.
     """
     root = Path(root)
     problems_path = root / "problems.json"
@@ -108,7 +110,7 @@ def load_scienceqa(root: str | os.PathLike, split: str) -> list[Example]:
         if image_name is None:
             continue
         problem_split = require_field(problem, "split", str, where)
-        image_path = require_image_file(root / "images" / problem_split / pid / image_name, where)
+        image_path = require_image_file(root / "images" / problem_split / pid / image_name, where, missing_images)
         examples.append(_example(pid, problem, where, image_path=image_path))
     return examples
 

@@ -52,8 +52,11 @@ def most_frequent_answer(answers: Sequence[str]) -> str:
     return max(answers, key=counts.__getitem__)
 
 
-def load_vizwiz(root: str | os.PathLike, split: str) -> list[Example]:
-    """Every question of ``split``, id = the image file's stem."""
+def load_vizwiz(
+    root: str | os.PathLike, split: str, missing_images: dict[Path, str] | None = None
+) -> list[Example]:
+    """Every question of ``split``, id = the image file's stem (``missing_images``: see
+    ``examples.require_image_file``)."""
     root = Path(root)
     path = root / "annotations" / f"{split}.json"
     records = require_type(read_json(path), list, str(path), "the file")
@@ -73,7 +76,7 @@ def load_vizwiz(root: str | os.PathLike, split: str) -> list[Example]:
         answerable = require_field(record, "answerable", (int, bool), where)
         if answerable not in (0, 1):
             raise BenchmarkDataError(f"{where}: field 'answerable' should be 0 or 1, got {answerable!r}")
-        image_path = require_image_file(root / split / image_name, where)
+        image_path = require_image_file(root / split / image_name, where, missing_images)
         examples.append(
             Example(
                 benchmark="vizwiz",

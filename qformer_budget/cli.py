@@ -35,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = config.with_paths(out=args.out)
     quiet_library_output()
+    if args.dry_run:
+        return _dry_run(config)
     if args.launcher is not None:
         return _launch(config, args.launcher)
     # A scheduler's stop: the run stops after its current step with a checkpoint, closes as preempted, and
@@ -49,6 +51,14 @@ def _run(args: argparse.Namespace) -> int:
     if report.finished or report.skipped:
         print(metrics_table(config.out))
     return 0 if not report.failed else 1
+
+
+def _dry_run(config) -> int:
+    from qformer_budget.runner.dry_run import dry_run
+
+    report = dry_run(config)
+    print(report.text())
+    return 1 if report.problems else 0
 
 
 def _launch(config, launcher: str) -> int:
@@ -117,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="sweep config (TOML)")
     run.add_argument("--out", default=None, help="write runs here instead of the config's [sweep] out")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="check the data (every record, every image's header) and the model folder's config.json, and print "
+        "each run's steps, AdaLoRA phases, parameters, peak memory per GPU and record size; reads no weight, "
+        "writes nothing, exits 1 listing every problem",
+    )
     run.add_argument(
         "--shard", type=_shard, default=None, metavar="I/N",
         help="take every N-th run from the I-th (0-based), e.g. a Kubernetes job index or a shell loop",

@@ -157,6 +157,11 @@ class RunSpec:
     def eval_split(self) -> str:
         return self.data.eval_split or EVAL_SPLITS[self.benchmark]
 
+    @property
+    def splits(self) -> tuple[tuple[str, int | None], tuple[str, int | None]]:
+        """(split, example limit) of the training set, then of the evaluation set."""
+        return (self.data.train_split, self.data.max_train_examples), (self.eval_split, self.data.max_eval_examples)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "benchmark": self.benchmark,

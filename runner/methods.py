@@ -67,6 +67,11 @@ class LoraSettings(MethodSettings):
         """``lora-paper_all-r8``."""
         return lora_tag(self.tag_name, self.placement, self.rank)
 
+    @property
+    def adapter_rank(self) -> int:
+        """The rank its adapters are built at."""
+        return self.rank
+
 
 @dataclass(frozen=True)
 class AdaLoraSettings(MethodSettings):
@@ -97,6 +102,11 @@ class AdaLoraSettings(MethodSettings):
     def tag(self) -> str:
         """``adalora-all_linear-r12to4``."""
         return adalora_tag(self.tag_name, self.placement, self.init_r, self.target_r)
+
+    @property
+    def adapter_rank(self) -> int:
+        """The rank its adapters are built at: ``init_r`` (a mask zeroes directions, their parameters stay)."""
+        return self.init_r
 
     def schedule(self, total_step: int) -> AdaLoraSchedule:
         return AdaLoraSchedule.from_fractions(total_step, self.warmup_fraction, self.final_fraction, self.deltaT)

@@ -31,7 +31,7 @@ from qformer_budget.core.grammar import target_modules_regex
 from qformer_budget.vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
 from qformer_budget.vl_methods.memvp.layer import find_ffns
 
-from .methods import METHODS
+from .methods import METHODS, MethodSettings
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
 
 # The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
@@ -130,6 +130,15 @@ def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
 def per_unit_rank(preset: str, placement: str, method: str = "lora") -> int:
     """Trainable parameters of ``placement`` on ``preset`` at rank 1."""
     return _per_unit_rank(target_linears(preset, placement), method)
+
+
+def trainable_parameters(preset: str, settings: MethodSettings) -> int:
+    """What the method variant ``settings`` trains on ``preset``: an adapter method's :func:`per_unit_rank` times
+    the rank its adapters are built at, a whole-model method's (MemVP) own count."""
+    method = METHODS[settings.name]
+    if method.parameters_per_preset is not None:
+        return method.parameters_per_preset(preset)[2]
+    return settings.adapter_rank * per_unit_rank(preset, settings.placement, settings.name)
 
 
 def parameter_table(

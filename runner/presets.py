@@ -2,7 +2,10 @@
 
 Nothing is downloaded. :func:`build_on_meta` builds a preset's architecture on the meta device (shapes
 only, no memory) for parameter accounting; :func:`load_preset` loads a real checkpoint from a local folder
-and checks that it is the architecture the preset names.
+and checks that it is the architecture the preset names (:func:`read_checkpoint_config` and
+:func:`architecture_mismatches`, which read ``config.json`` only). :func:`get_preset` also knows ``tiny``, the
+shipped offline checkpoint of ``runner/tiny.py`` (:data:`TINY_PRESET`), which is not a real checkpoint and so not in
+:data:`PRESETS`.
 
 Where the numbers come from (the checkpoints' ``config.json`` as revised in Nov 2024 for transformers >= 4.47,
 and transformers' ``convert_instructblip_original_to_pytorch.py``):
@@ -139,8 +142,9 @@ class ModelPreset:
     model_class: type[BlipModel]
     config_factory: Callable[[], BlipConfig]
     llm_family: str  # "t5" or "llama"
-    hub_id: str  # where the checkpoint is published; documentation only, never downloaded
+    hub_id: str | None  # where the checkpoint is published; documentation only, never downloaded
     dtype: torch.dtype = torch.bfloat16  # weights' dtype on a GPU
+    tied_lm_head: bool = False  # a T5 LM head shared with the embedding (tiny); FlanT5 checkpoints store their own
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -160,12 +164,30 @@ PRESETS: dict[str, ModelPreset] = {
 }
 
 
+TINY_CHECKPOINT_DIR = Path(__file__).parent / "assets" / "tiny-instructblip"
+
+
+def tiny_checkpoint_config() -> InstructBlipConfig:
+    """The shipped tiny checkpoint's architecture, read from its ``config.json`` (no weight is read)."""
+    return InstructBlipConfig.from_pretrained(TINY_CHECKPOINT_DIR, local_files_only=True)
+
+
+# The shipped offline checkpoint (runner/tiny.py): float32 everywhere, its T5 LM head tied to the embedding.
+TINY_PRESET = ModelPreset(
+    "tiny", InstructBlipForConditionalGeneration, tiny_checkpoint_config, "t5",
+    hub_id=None, dtype=torch.float32, tied_lm_head=True,
+)
+
+
 def get_preset(name: str) -> ModelPreset:
-    """The preset called ``name``; a ValueError lists the known ones."""
+    """The preset called ``name`` (a real checkpoint's, or ``tiny``); a ValueError lists the known ones."""
+    if name == TINY_PRESET.name:
+        return TINY_PRESET
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        known = ", ".join([*PRESETS, TINY_PRESET.name])
+        raise ValueError(f"unknown preset {name!r}; known presets: {known}") from None
 
 
 def build_on_meta(name: str) -> BlipModel:
@@ -173,7 +195,7 @@ def build_on_meta(name: str) -> BlipModel:
     preset = get_preset(name)
     with torch.device("meta"):
         model = preset.model_class(preset.config_factory())
-        if preset.llm_family == "t5":
+        if preset.llm_family == "t5" and not preset.tied_lm_head:
             _untie_t5_lm_head(model)
     return model
 
@@ -227,18 +249,7 @@ def load_checkpoint(
     and, when ``expected`` is given, the :data:`ARCHITECTURE_FIELDS` must match it.
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a saved checkpoint folder")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    wanted_type = model_class.config_class.model_type
-    if model_type != wanted_type:
-        raise ValueError(
-            f"{config_file}: model_type is {model_type!r}, but {model_class.__name__} needs {wanted_type!r}"
-        )
-    config = model_class.config_class.from_pretrained(folder, local_files_only=True)
+    config = read_checkpoint_config(folder, model_class)
     if expected is not None:
         check_architecture(config, expected, folder)
     model = model_class.from_pretrained(
@@ -249,13 +260,44 @@ def load_checkpoint(
     return model, processor
 
 
-def check_architecture(config: BlipConfig, expected: BlipConfig, folder: str | Path) -> None:
-    """Raise a ValueError naming ``folder`` and each :data:`ARCHITECTURE_FIELDS` entry that differs."""
-    mismatches = [
+def read_checkpoint_config(folder: str | Path, model_class: type[BlipModel]) -> BlipConfig:
+    """The config of the checkpoint folder ``folder``, read from its ``config.json`` alone (no weight).
+
+    A missing folder or ``config.json`` raises FileNotFoundError; a ``config.json`` that is not JSON, or whose
+    ``model_type`` is not ``model_class``'s (a BLIP-2 or LLaMA folder where InstructBLIP is expected), a
+    ValueError naming the file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a saved checkpoint folder")
+    try:
+        document = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
+    model_type = document.get("model_type") if isinstance(document, dict) else None
+    wanted_type = model_class.config_class.model_type
+    if model_type != wanted_type:
+        raise ValueError(
+            f"{config_file}: model_type is {model_type!r}, but {model_class.__name__} needs {wanted_type!r}"
+        )
+    return model_class.config_class.from_pretrained(folder, local_files_only=True)
+
+
+def architecture_mismatches(config: BlipConfig, expected: BlipConfig) -> list[str]:
+    """Each :data:`ARCHITECTURE_FIELDS` entry where ``config`` differs from ``expected``: ``field is X, expected Y``."""
+    return [
         f"{field} is {found!r}, expected {wanted!r}"
         for field in ARCHITECTURE_FIELDS
         if (found := _field(config, field)) != (wanted := _field(expected, field))
     ]
+
+
+def check_architecture(config: BlipConfig, expected: BlipConfig, folder: str | Path) -> None:
+    """Raise a ValueError naming ``folder``'s config.json and each :data:`ARCHITECTURE_FIELDS` entry that differs."""
+    mismatches = architecture_mismatches(config, expected)
     if mismatches:
         config_file = Path(folder) / "config.json"
         raise ValueError(f"{config_file} is not the expected architecture: {'; '.join(mismatches)}")

@@ -40,12 +40,11 @@ from qformer_budget.benchmarks.synthetic import synthetic_corpus, write_syntheti
 from qformer_budget.benchmarks.synthetic_vqa import STYLES, generate_examples, vocabulary_corpus
 
 from .collate import InstructBlipCollator
-from .presets import load_checkpoint
+from .presets import TINY_CHECKPOINT_DIR, load_checkpoint
 
 TINY_IMAGE_SIZE = 32
 TINY_NUM_QUERY_TOKENS = 8
 TINY_QFORMER_LAYERS = 12
-TINY_CHECKPOINT_DIR = Path(__file__).parent / "assets" / "tiny-instructblip"
 
 
 def build_tiny_processor(corpus: list[str], vocab_size: int = 400) -> InstructBlipProcessor:

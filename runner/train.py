@@ -32,7 +32,7 @@ from .config import ModelSection, RunSpec
 from .evaluate import evaluate
 from .methods import get_method
 from .preemption import PreemptionCallback, raise_if_stopped
-from .presets import load_preset
+from .presets import TINY_PRESET, load_preset
 from .tiny import load_tiny_checkpoint
 
 STATUS_FILE = "status.json"
@@ -68,7 +68,7 @@ def _write_status(run_dir: Path, state: str, **details: Any) -> None:
 
 def load_model(section: ModelSection, device: str) -> tuple[torch.nn.Module, Any, bool]:
     """Base model, processor, and whether its LM is decoder-only; ``tiny`` is the shipped offline checkpoint."""
-    if section.preset == "tiny":
+    if section.preset == TINY_PRESET.name:
         model, processor = load_tiny_checkpoint()
     else:
         model, processor = load_preset(section.preset, section.path, device=device)
@@ -84,16 +84,19 @@ def _sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _limit(examples: list, limit: int | None) -> list:
+def load_split(
+    spec: RunSpec, split: str, limit: int | None, missing_images: dict[Path, str] | None = None
+) -> list:
+    """The examples of the run's benchmark's ``split``, cut to ``limit`` (``missing_images``: see
+    ``load_benchmark``)."""
+    examples = load_benchmark(spec.benchmark, Path(spec.data.root) / spec.benchmark, split, missing_images)
     return examples if limit is None else examples[:limit]
 
 
 def load_data(spec: RunSpec) -> tuple[list, list]:
     """The run's training and evaluation examples, each cut to the config's limit."""
-    root = Path(spec.data.root) / spec.benchmark
-    train_set = _limit(load_benchmark(spec.benchmark, root, spec.data.train_split), spec.data.max_train_examples)
-    eval_set = _limit(load_benchmark(spec.benchmark, root, spec.eval_split), spec.data.max_eval_examples)
-    return train_set, eval_set
+    (train_split, train_limit), (eval_split, eval_limit) = spec.splits
+    return load_split(spec, train_split, train_limit), load_split(spec, eval_split, eval_limit)
 
 
 def train(
