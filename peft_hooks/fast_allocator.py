@@ -5,7 +5,9 @@ per parameter per step (``update_ipt``), and loops again over every module at ea
 (``mask_to_budget``). :class:`FastRankAllocator` computes the same numbers with a few ops over one
 flat buffer per quantity: the importance averages are bit-for-bit peft's in every dtype (the same
 elementwise ops in the same order, rounded where peft's are) and the triplet scores reduce whole groups of equally shaped
-modules at once. It is optional and off by default: swap it in with :func:`use_fast_allocator`
+modules at once. The update of the averages, and on the steps that need them the element scores, run as one
+pass over the flat buffers (:func:`update_averages`, compiled with ``torch.compile``, eager where no compiler
+works). It is optional and off by default: swap it in with :func:`use_fast_allocator`
 (or ``BudgetRecorder(..., fast_allocator=True)``); peft's ``AdaLoraModel.update_and_allocate`` keeps
 driving it unchanged.
 """
@@ -13,7 +15,8 @@ driving it unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,7 @@ from .model import find_adalora_model
 from .peft_internals import AVERAGES, RankAllocator, allocator_averages, allocator_takes, deepspeed_active
 
 _ADAPTER_MATRICES = ("lora_A", "lora_E", "lora_B")
+_KEPT_AVERAGES = ("exp_avg_ipt", "exp_avg_unc")  # of peft's AVERAGES; its ``ipt`` is written, never read
 
 
 @dataclass(frozen=True)
@@ -154,22 +158,105 @@ class DictTripletScores:
             return self.layout.triplet_scores(element_scores)
 
 
+def update_averages(
+    products: torch.Tensor,
+    average: torch.Tensor,
+    uncertainty: torch.Tensor,
+    scores: torch.Tensor | None,
+    beta1: float,
+    beta2: float,
+) -> None:
+    """peft's ``update_ipt`` on flat buffers, in place: ``products`` holds ``p * p.grad``.
+
+    ``average = beta1 * average + (1 - beta1) * |products|`` and ``uncertainty = beta2 * uncertainty +
+    (1 - beta2) * | |products| - average |``, each product and sum rounded to the buffers' dtype as peft's
+    separate ops round them; with ``scores``, also the element scores ``average * uncertainty`` of the new
+    averages. Compiled, this is one pass that reads three buffers and writes two (three with scores).
+    """
+    sensitivity = products.abs()
+    new_average = average * beta1 + sensitivity * (1 - beta1)
+    new_uncertainty = uncertainty * beta2 + (sensitivity - new_average).abs() * (1 - beta2)
+    average.copy_(new_average)
+    uncertainty.copy_(new_uncertainty)
+    if scores is not None:
+        scores.copy_(new_average * new_uncertainty)
+
+
+# emulate_precision_casts: round every intermediate of a bf16/fp16 kernel to its dtype, as eager ops (and peft) do;
+# without it inductor keeps intermediates in float32 and rounds once, which changes the averages' low bits.
+_COMPILE_OPTIONS = {"emulate_precision_casts": True}
+
+
+class FusedUpdate:
+    """:func:`update_averages` compiled with ``torch.compile`` at its first call, eager if compiling fails.
+
+    A failed compile (no C++ compiler for the CPU, no Triton for the GPU) warns once, naming the error, and
+    every later call runs eagerly; the buffers are untouched by the failed attempt, and eager and compiled
+    results are the same bits. Eager calls go a chunk of :attr:`EAGER_CHUNK` elements at a time, so that
+    the temporaries of the separate ops stay small and in cache instead of costing a fresh allocation of
+    the whole buffer's size per op.
+    """
+
+    EAGER_CHUNK = 1 << 18
+
+    def __init__(self, compile: bool = True) -> None:
+        self.compiled: Callable[..., None] | None = (
+            torch.compile(update_averages, fullgraph=True, dynamic=True, options=_COMPILE_OPTIONS) if compile else None
+        )
+
+    def __call__(
+        self,
+        products: torch.Tensor,
+        average: torch.Tensor,
+        uncertainty: torch.Tensor,
+        scores: torch.Tensor | None,
+        beta1: float,
+        beta2: float,
+    ) -> None:
+        if self.compiled is not None:
+            try:
+                return self.compiled(products, average, uncertainty, scores, beta1, beta2)
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same eager ops
+                warnings.warn(
+                    f"FastRankAllocator: torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                    "updating the importance averages eagerly (same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.compiled = None
+        for start in range(0, products.numel(), self.EAGER_CHUNK):
+            chunk = slice(start, start + self.EAGER_CHUNK)
+            update_averages(
+                products[chunk], average[chunk], uncertainty[chunk], None if scores is None else scores[chunk], beta1, beta2
+            )
+        return None
+
+
 class FastRankAllocator(RankAllocator):
     """peft's ``RankAllocator`` with its averages in flat buffers and its loops replaced by fused ops.
 
     Same budget schedule (inherited), same importance averages, same masks and the same
     ``rank_pattern`` as peft's; peft's ``AdaLoraModel.update_and_allocate`` drives it unchanged.
-    ``ipt``, ``exp_avg_ipt`` and ``exp_avg_unc`` stay dicts keyed by parameter name in peft's
-    order, holding views of the flat buffers (empty before the first update and after ``reset_ipt``).
+    ``exp_avg_ipt`` and ``exp_avg_unc`` stay dicts keyed by parameter name in peft's order, holding
+    views of the flat buffers (empty before the first update and after ``reset_ipt``). ``ipt`` stays
+    empty: peft only writes it, and the fused update keeps the sensitivities in its pass.
+
+    The element scores ``exp_avg_ipt * exp_avg_unc`` come out of the update pass on mask steps and when
+    :attr:`score_next_update` is set (the recorder sets it on the steps it records); otherwise
+    :meth:`triplet_scores` forms them in a pass of their own. ``compile_update=False`` keeps the
+    update eager (the same bits).
 
     Under DeepSpeed (``deepspeed_config()`` set when the allocator is built) gradients must be
     gathered with ``safe_get_full_grad`` parameter by parameter, so every method falls back to
     peft's own and the averages live in peft's dicts.
     """
 
-    def __init__(self, model: torch.nn.Module, peft_config, adapter_name: str) -> None:
+    def __init__(self, model: torch.nn.Module, peft_config, adapter_name: str, *, compile_update: bool = True) -> None:
         super().__init__(model, peft_config, adapter_name)
         self.falls_back_to_peft = deepspeed_active()
+        self.score_next_update = False
+        self._score_this_update = False
+        self._update_averages = FusedUpdate(compile=compile_update)
         self._model = model
         triplets, self._peft_order = _adapter_triplets(model, adapter_name)
         ranks = {a.shape[0] for a, _, _ in triplets.values()}
@@ -192,6 +279,7 @@ class FastRankAllocator(RankAllocator):
         """Forget the averages, like peft's (peft calls this at the final mask step)."""
         super().reset_ipt()
         self._flat: dict[str, torch.Tensor] | None = None
+        self._scores_fresh = False  # whether flat["scores"] holds the current averages' element scores
 
     def _allocate_averages(self) -> None:
         first = self._parameters[0]
@@ -199,12 +287,12 @@ class FastRankAllocator(RankAllocator):
             raise ValueError("FastRankAllocator needs all adapter parameters on one device with one dtype")
         self._flat = {
             name: torch.zeros(self.layout.numel, dtype=first.dtype, device=first.device)
-            for name in (*AVERAGES, "scratch")
+            for name in (*_KEPT_AVERAGES, "products", "scores")
         }
-        for name in AVERAGES:
+        for name in _KEPT_AVERAGES:
             views = dict(zip(self._names, self.layout.matrix_views(self._flat[name])))
             setattr(self, name, {key: views[key] for key in self._peft_order})
-        self._sensitivities = ElementwiseProducts(self.layout, self._flat["ipt"])
+        self._products = ElementwiseProducts(self.layout, self._flat["products"])
 
     def load_averages(self, allocator: RankAllocator) -> None:
         """Take over the averages another allocator (peft's) holds, so that it can be swapped in mid-run."""
@@ -215,28 +303,30 @@ class FastRankAllocator(RankAllocator):
                 setattr(self, name, dict(theirs[name]))
         elif theirs["exp_avg_ipt"]:
             self._allocate_averages()
-            for name in AVERAGES:
+            for name in _KEPT_AVERAGES:
                 ours = getattr(self, name)
                 torch._foreach_copy_(list(ours.values()), [theirs[name][key] for key in ours])
 
+    def update_and_allocate(self, model: torch.nn.Module, global_step: int, force_mask: bool = False):
+        """peft's, scoring in the update pass when this step masks or :attr:`score_next_update` asks for it."""
+        self._score_this_update = self.score_next_update or force_mask or self.budget_schedule(global_step)[1]
+        self.score_next_update = False
+        return super().update_and_allocate(model, global_step, force_mask)
+
     def update_ipt(self, model: torch.nn.Module) -> None:
-        """Update the sensitivity averages from ``p.grad`` with peft's formula, one flat op per term."""
+        """Update the sensitivity averages from ``p.grad`` with peft's formula, in one fused pass."""
         if self.falls_back_to_peft:
             return super().update_ipt(model)
         self._check_model(model)
         if self._flat is None:
             self._allocate_averages()
         flat = self._flat
-        ipt, average, uncertainty, scratch = flat["ipt"], flat["exp_avg_ipt"], flat["exp_avg_unc"], flat["scratch"]
-        self._sensitivities(self._parameters, [param.grad for param in self._parameters])
+        products = self._products(self._parameters, [param.grad for param in self._parameters])
+        scores = flat["scores"] if self._score_this_update else None
         with torch.no_grad():
-            ipt.abs_()
-            # beta * avg + (1 - beta) * x as peft computes it, in the adapter's dtype: both products rounded,
-            # then their sum rounded (a fused multiply-add would round once and differ in bf16 and fp16).
-            torch.mul(ipt, 1 - self.beta1, out=scratch)
-            average.mul_(self.beta1).add_(scratch)
-            torch.sub(ipt, average, out=scratch).abs_().mul_(1 - self.beta2)
-            uncertainty.mul_(self.beta2).add_(scratch)
+            self._update_averages(products, flat["exp_avg_ipt"], flat["exp_avg_unc"], scores, self.beta1, self.beta2)
+        self._scores_fresh = scores is not None
+        self._score_this_update = False
 
     def triplet_scores(self, modules: Sequence[ModuleInfo] | None = None) -> torch.Tensor | None:
         """Triplet scores ``(n_modules, r)``, rows in ``modules``' order (default: the allocator's).
@@ -248,9 +338,12 @@ class FastRankAllocator(RankAllocator):
         elif self._flat is None:
             return None
         else:
+            flat = self._flat
             with torch.no_grad():
-                element_scores = torch.mul(self._flat["exp_avg_ipt"], self._flat["exp_avg_unc"], out=self._flat["scratch"])
-                scores = self.layout.triplet_scores(element_scores)
+                if not self._scores_fresh:
+                    torch.mul(flat["exp_avg_ipt"], flat["exp_avg_unc"], out=flat["scores"])
+                    self._scores_fresh = True
+                scores = self.layout.triplet_scores(flat["scores"])
         if scores is None or modules is None:
             return scores
         order = [self._module_index[m.module] for m in modules]
@@ -317,17 +410,18 @@ def _adapter_triplets(
     return {module: tuple(matrices[m] for m in _ADAPTER_MATRICES) for module, matrices in found.items()}, names
 
 
-def use_fast_allocator(model: torch.nn.Module) -> FastRankAllocator:
+def use_fast_allocator(model: torch.nn.Module, *, compile_update: bool = True) -> FastRankAllocator:
     """Swap a :class:`FastRankAllocator` into the AdaLoRA model inside ``model`` and return it.
 
     Accepts a PeftModel or an AdaLoraModel (also wrapped by DDP or accelerate). Importance averages
     the current allocator already holds are carried over; a second call returns the same allocator.
+    ``compile_update=False`` keeps the update eager (:class:`FusedUpdate`).
     """
     adalora: AdaLoraModel = find_adalora_model(model)
     current = adalora.rankallocator
     if isinstance(current, FastRankAllocator):
         return current
-    fast = FastRankAllocator(adalora.model, current.peft_config, current.adapter_name)
+    fast = FastRankAllocator(adalora.model, current.peft_config, current.adapter_name, compile_update=compile_update)
     fast.load_averages(current)
     adalora.rankallocator = fast
     return fast

@@ -167,6 +167,8 @@ class BudgetRecorder:
         # peft masks the final time with the averages it holds, then clears them: read them before there.
         final_mask = global_step == schedule.final_mask_step
         scores = self._triplet_scores(adalora) if due and final_mask else None
+        if isinstance(adalora.rankallocator, FastRankAllocator):
+            adalora.rankallocator.score_next_update = due  # the element scores come out of the update pass
         adalora.update_and_allocate(global_step)
         self._last_step = global_step
         if not due:

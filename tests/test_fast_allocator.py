@@ -68,7 +68,7 @@ def _flat(tensors) -> torch.Tensor:
 
 def _assert_same_state(reference: Run, fast: Run, step: int) -> None:
     assert reference.rank_pattern == fast.rank_pattern, f"rank_pattern at step {step}"
-    for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+    for name in ("exp_avg_ipt", "exp_avg_unc"):  # peft only writes ipt; the fast allocator keeps none
         ours, theirs = getattr(fast.allocator, name), getattr(reference.allocator, name)
         assert list(ours) == list(theirs), f"{name} keys at step {step}"
         if theirs:
