@@ -1,4 +1,4 @@
-"""The ``qformer-budget`` command: ``demo``, ``run``, ``status``, ``params``, ``figures``."""
+"""The ``qformer-budget`` command: ``demo``, ``run``, ``rehearse``, ``status``, ``params``, ``figures``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,22 @@ def _launch(config, launcher: str) -> int:
     if launcher == "local":
         for job, summary in zip(jobs, wait(jobs)):
             print(f"worker {job.job_id}: {summary}")
+    return 0
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    from qformer_budget.runner.rehearse import RehearsalRefused, rehearse
+
+    from .demo import quiet_library_output
+
+    quiet_library_output()
+    try:
+        report = rehearse(args.preset, out=args.out, steps=args.steps, eval_examples=args.examples,
+                          benchmark=args.benchmark, seed=args.seed, progress=not args.no_progress)
+    except RehearsalRefused as exc:
+        print(f"qformer-budget rehearse: {exc}", file=sys.stderr)
+        return 2
+    print(report.text())
     return 0
 
 
@@ -147,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for this worker (default: all cores); workers sharing a machine should split them",
     )
     run.set_defaults(handler=_run)
+
+    rehearse = commands.add_parser(
+        "rehearse",
+        help="a few steps of a sweep run at a preset's real size with random weights (nothing downloaded): "
+        "peak memory and step time beside the dry run's estimate",
+    )
+    rehearse.add_argument("preset", help="a T5 preset, e.g. instructblip-flan-t5-xl, or real-qformer (the real "
+                          "Q-Former between a small vision encoder and LM)")
+    rehearse.add_argument("--out", default=None, help="a new or empty folder to keep the run in (default: a "
+                          "temporary folder, removed)")
+    rehearse.add_argument("--steps", type=int, default=6, help="optimizer steps at batch 1 (default: 6)")
+    rehearse.add_argument("--examples", type=int, default=2, help="examples evaluated (default: 2)")
+    rehearse.add_argument("--benchmark", default="vizwiz",
+                          help="the synthetic benchmark to train and evaluate on: vizwiz (default), scienceqa, iconqa")
+    rehearse.add_argument("--seed", type=int, default=0)
+    rehearse.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rehearse.set_defaults(handler=_rehearse)
 
     status = commands.add_parser("status", help="every run of a sweep: finished, running, preempted, failed, not started")
     status.add_argument("out", help="the sweep's output folder")

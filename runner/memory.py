@@ -1,6 +1,7 @@
-"""Peak memory of one training run on one GPU, estimated from the preset's architecture without any weight.
+"""Peak memory of one training run on a GPU or a CPU, estimated from the preset's architecture alone.
 
-:func:`estimate_peak_memory` adds four terms, in bytes (``e`` = bytes per element of the weights' ``dtype``):
+:func:`estimate_peak_memory` adds four terms, and a fifth on a CPU, in bytes (``e`` = bytes per element of the
+weights' ``dtype``):
 
 - weights: every parameter of the preset, counted on the meta device (:func:`runner.params.census`), times ``e``;
   the runner loads every weight in ``dtype`` (transformers keeps modules in float32 only for float16, which the
@@ -9,11 +10,19 @@
   a bf16 base, plus its float32 gradients: ``8 x trainable``;
 - optimizer: AdamW's two float32 moments, plus, for AdaLoRA variants, the rank allocator's three float32 copies
   (``ipt``, ``exp_avg_ipt``, ``exp_avg_unc``): ``8 x trainable`` or ``20 x trainable``;
-- activations: :func:`activation_bytes`, what autograd keeps for the backward pass.
+- activations: :func:`activation_bytes`, what autograd keeps for the backward pass;
+- process (on a CPU only): what the process holds before the model is built, measured by the caller
+  (``process_bytes``: Python, torch, transformers, peft, the data and the processor; 0.51 GiB resident in
+  ``qformer-budget rehearse``). A CPU's peak resident set size counts it and a GPU's ``max_memory_allocated``
+  does not, so the dry run (per GPU) leaves it at 0. Without it the rehearsal measured 2.36 times the estimate
+  for ``real-qformer``, whose weights (0.43 GiB) weigh less than the process, and 1.11 times for FlanT5-XL; with
+  it, 1.22 and 1.04 (docs/performance.md, "Dry-run memory estimate").
 
-Not counted: the CUDA context (on a CPU, the resident size of Python and the libraries, about 0.4 GiB), the
-allocator's fragmentation, the frozen vision encoder's transient buffers, and evaluation (generation keeps no
-activations). The activation term is the one to tune against a measured run; it is a function of its own.
+Not counted: the CUDA context, the allocator's fragmentation (on a CPU, glibc keeps the freed activations and
+temporaries of a step as free heap: 0.19 GiB for ``real-qformer``), the frozen vision encoder's transient
+buffers, and evaluation (generation keeps no activations, and the trained model is released before the fresh
+base is loaded: FlanT5-XL's peak rose 0.15 GiB through evaluation). The activation term is the one to tune
+against a measured run; it is a function of its own.
 """
 
 from __future__ import annotations
@@ -41,10 +50,12 @@ class MemoryEstimate:
     adapter_bytes: int
     optimizer_bytes: int
     activation_bytes: int
+    process_bytes: int = 0  # a CPU process's own resident size before the model (0 per GPU)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.adapter_bytes + self.optimizer_bytes + self.activation_bytes
+        return (self.weights_bytes + self.adapter_bytes + self.optimizer_bytes + self.activation_bytes
+                + self.process_bytes)
 
 
 def estimate_peak_memory(
@@ -54,10 +65,12 @@ def estimate_peak_memory(
     dtype: torch.dtype,
     prompt_tokens: int,
     target_tokens: int,
+    process_bytes: int = 0,
 ) -> MemoryEstimate:
     """Peak memory of training ``method`` on ``preset_name`` with ``batch_size`` examples per step, weights in
-    ``dtype``, prompts of ``prompt_tokens`` and targets of ``target_tokens`` tokens (see the module docstring for
-    the terms); nothing is loaded, the parameters are counted on the meta device.
+    ``dtype``, prompts of ``prompt_tokens`` and targets of ``target_tokens`` tokens, in a process that holds
+    ``process_bytes`` before the model (a CPU's; see the module docstring for the terms); nothing is loaded, the
+    parameters are counted on the meta device.
     """
     trainable = trainable_parameters(preset_name, method)
     optimizer = ADAM_BYTES_PER_PARAMETER + (ADALORA_ALLOCATOR_BYTES_PER_PARAMETER if method.records_budget else 0)
@@ -67,6 +80,7 @@ def estimate_peak_memory(
         adapter_bytes=trainable * ADAPTER_BYTES_PER_PARAMETER,
         optimizer_bytes=trainable * optimizer,
         activation_bytes=activation_bytes(config, batch_size, dtype, prompt_tokens, target_tokens),
+        process_bytes=process_bytes,
     )
 
 

@@ -4,8 +4,9 @@ Nothing is downloaded. :func:`build_on_meta` builds a preset's architecture on t
 only, no memory) for parameter accounting; :func:`load_preset` loads a real checkpoint from a local folder
 and checks that it is the architecture the preset names (:func:`read_checkpoint_config` and
 :func:`architecture_mismatches`, which read ``config.json`` only). :func:`get_preset` also knows ``tiny``, the
-shipped offline checkpoint of ``runner/tiny.py`` (:data:`TINY_PRESET`), which is not a real checkpoint and so not in
-:data:`PRESETS`.
+shipped offline checkpoint of ``runner/tiny.py`` (:data:`TINY_PRESET`), and ``real-qformer``, the real Q-Former
+between a small vision encoder and LM (:data:`REDUCED_PRESET`), which are not real checkpoints and so not in
+:data:`PRESETS`; :func:`build_architecture` builds any of them with random weights.
 
 Where the numbers come from (the checkpoints' ``config.json`` as revised in Nov 2024 for transformers >= 4.47,
 and transformers' ``convert_instructblip_original_to_pytorch.py``):
@@ -67,22 +68,22 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
     "text_config.hidden_size",
 )
 
-_VIT_G = dict(
-    hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-    image_size=224, patch_size=14, layer_norm_eps=1e-6, qkv_bias=True,
-)
-_QFORMER = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    cross_attention_frequency=2, encoder_hidden_size=1408, max_position_embeddings=512,
-)
+_VIT_G = {
+    "hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,
+    "image_size": 224, "patch_size": 14, "layer_norm_eps": 1e-6, "qkv_bias": True,
+}
+_QFORMER = {
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+    "cross_attention_frequency": 2, "encoder_hidden_size": 1408, "max_position_embeddings": 512,
+}
 _NUM_QUERY_TOKENS = 32
 _T5_IMAGE_TOKEN = 32100
 _VICUNA_IMAGE_TOKEN = 32001
 
 
-def _flan_t5(d_model: int, d_ff: int, num_heads: int) -> T5Config:
+def _flan_t5(d_model: int, d_ff: int, num_heads: int, num_layers: int = 24) -> T5Config:
     return T5Config(
-        vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=24, num_decoder_layers=24,
+        vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=num_layers, num_decoder_layers=num_layers,
         num_heads=num_heads, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
         pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=0,
     )
@@ -98,9 +99,11 @@ def _vicuna(hidden_size: int, intermediate_size: int, num_layers: int, num_heads
     )
 
 
-def _instructblip(text_config: T5Config | LlamaConfig, image_token_index: int) -> InstructBlipConfig:
+def _instructblip(
+    text_config: T5Config | LlamaConfig, image_token_index: int, vision_layers: int = 39
+) -> InstructBlipConfig:
     return InstructBlipConfig(
-        vision_config=InstructBlipVisionConfig(**_VIT_G).to_dict(),
+        vision_config=InstructBlipVisionConfig(**(_VIT_G | {"num_hidden_layers": vision_layers})).to_dict(),
         qformer_config=InstructBlipQFormerConfig(vocab_size=30523, **_QFORMER).to_dict(),
         text_config=text_config.to_dict(),
         num_query_tokens=_NUM_QUERY_TOKENS,
@@ -132,6 +135,13 @@ def blip2_flan_t5_xl_config() -> Blip2Config:
         num_query_tokens=_NUM_QUERY_TOKENS,
         image_token_index=_T5_IMAGE_TOKEN,
     )
+
+
+def real_qformer_config() -> InstructBlipConfig:
+    """InstructBLIP's real Q-Former, 32 queries and 257 image tokens 1408 wide, between a one-layer ViT-g and a
+    two-layer FlanT5-style LM 256 wide with T5's vocabulary: a real-size Q-Former at a fraction of the cost."""
+    text_config = _flan_t5(d_model=256, d_ff=512, num_heads=4, num_layers=2)
+    return _instructblip(text_config, _T5_IMAGE_TOKEN, vision_layers=1)
 
 
 @dataclass(frozen=True)
@@ -179,21 +189,34 @@ TINY_PRESET = ModelPreset(
 )
 
 
+# The real Q-Former between a small vision encoder and LM (real_qformer_config): no checkpoint is published, it
+# is built with random weights (`qformer-budget rehearse real-qformer`, runner/rehearse.py).
+REDUCED_PRESET = ModelPreset(
+    "real-qformer", InstructBlipForConditionalGeneration, real_qformer_config, "t5", hub_id=None
+)
+
+
 def get_preset(name: str) -> ModelPreset:
-    """The preset called ``name`` (a real checkpoint's, or ``tiny``); a ValueError lists the known ones."""
-    if name == TINY_PRESET.name:
-        return TINY_PRESET
+    """The preset called ``name`` (a real checkpoint's, ``tiny`` or ``real-qformer``); a ValueError lists the known
+    ones."""
+    others = {preset.name: preset for preset in (TINY_PRESET, REDUCED_PRESET)}
     try:
-        return PRESETS[name]
+        return PRESETS[name] if name in PRESETS else others[name]
     except KeyError:
-        known = ", ".join([*PRESETS, TINY_PRESET.name])
+        known = ", ".join([*PRESETS, *others])
         raise ValueError(f"unknown preset {name!r}; known presets: {known}") from None
 
 
 def build_on_meta(name: str) -> BlipModel:
     """The preset's architecture on the meta device: every shape, no weights, no memory."""
+    return build_architecture(name, "meta")
+
+
+def build_architecture(name: str, device: str | torch.device) -> BlipModel:
+    """The preset's architecture on ``device`` with the parameter set of its checkpoint (a T5 LM head of its own);
+    off the meta device, its weights are drawn from the global RNG in torch's default dtype."""
     preset = get_preset(name)
-    with torch.device("meta"):
+    with torch.device(device):
         model = preset.model_class(preset.config_factory())
         if preset.llm_family == "t5" and not preset.tied_lm_head:
             _untie_t5_lm_head(model)
@@ -201,13 +224,13 @@ def build_on_meta(name: str) -> BlipModel:
 
 
 def _untie_t5_lm_head(model: BlipModel) -> None:
-    """Give the T5 LM head its own weight, as FlanT5 checkpoints store it.
+    """Give the T5 LM head its own weight, as FlanT5 checkpoints store it: a copy of the shared embedding.
 
     transformers 5 ties ``lm_head`` to the shared embedding in a T5 built from a config and unties the two
-    when a checkpoint holds both, so a meta build must untie them to count what a loaded model holds.
+    when a checkpoint holds both, so a build must untie them to count, and to hold, what a loaded model holds.
     """
     lm = model.language_model
-    lm.lm_head.weight = nn.Parameter(torch.empty_like(lm.shared.weight))
+    lm.lm_head.weight = nn.Parameter(lm.shared.weight.detach().clone())
     model.all_tied_weights_keys.pop("language_model.lm_head.weight", None)
 
 

@@ -40,11 +40,12 @@ from qformer_budget.benchmarks.synthetic import synthetic_corpus, write_syntheti
 from qformer_budget.benchmarks.synthetic_vqa import STYLES, generate_examples, vocabulary_corpus
 
 from .collate import InstructBlipCollator
-from .presets import TINY_CHECKPOINT_DIR, load_checkpoint
+from .presets import PROCESSOR_CLASSES, TINY_CHECKPOINT_DIR, BlipProcessor, ModelPreset, load_checkpoint
 
 TINY_IMAGE_SIZE = 32
 TINY_NUM_QUERY_TOKENS = 8
 TINY_QFORMER_LAYERS = 12
+UNUSED_PIECE_SCORE = -1000.0  # the score of fitted_tiny_processor's padding pieces: never chosen over a real piece
 
 
 def build_tiny_processor(corpus: list[str], vocab_size: int = 400) -> InstructBlipProcessor:
@@ -90,6 +91,40 @@ def tiny_config(processor: InstructBlipProcessor, hidden: int = 32) -> InstructB
 def load_tiny_processor(path: str | Path = TINY_CHECKPOINT_DIR) -> InstructBlipProcessor:
     """The shipped tiny processor, loaded the way a real local checkpoint is."""
     return InstructBlipProcessor.from_pretrained(str(path), local_files_only=True)
+
+
+def fitted_tiny_processor(preset: ModelPreset) -> BlipProcessor:
+    """The tiny processor's tokenizers fitted to a T5 ``preset``'s vocabulary, with images at its vision size.
+
+    T5's vocabulary is padded with pieces no text uses (``<unused_N>``, scored far below any other) so that the
+    added ``<image>`` lands on the preset's ``image_token_index``, as in the real FlanT5 processor (32100 of 32128).
+    Prompts tokenise as the tiny model's do; a rehearsal of the real architecture (``runner.rehearse``) needs no
+    more, and nothing is downloaded. A ValueError says why a preset does not fit.
+    """
+    if preset.llm_family != "t5":
+        raise ValueError(f"{preset.name} has a {preset.llm_family} LM: only T5 presets fit the tiny T5 tokenizer, "
+                         "and no other tokenizer is built offline")
+    config = preset.config_factory()
+    tiny = load_tiny_processor()
+    document = json.loads(tiny.tokenizer.backend_tokenizer.to_str())
+    pieces = document["model"]["vocab"]
+    image_id = config.image_token_index
+    if not len(pieces) <= image_id < config.text_config.vocab_size:
+        raise ValueError(f"{preset.name}: <image> at {image_id} does not fit a vocabulary of "
+                         f"{config.text_config.vocab_size} after the tiny tokenizer's {len(pieces)} pieces")
+    pieces += [[f"<unused_{i}>", UNUSED_PIECE_SCORE] for i in range(len(pieces), image_id)]
+    with tempfile.TemporaryDirectory() as folder:
+        tiny.tokenizer.save_pretrained(folder)
+        (Path(folder) / "tokenizer.json").write_text(json.dumps(document), encoding="utf-8")
+        tokenizer = type(tiny.tokenizer).from_pretrained(folder, local_files_only=True)
+    side = config.vision_config.image_size
+    parts = {
+        "image_processor": BlipImageProcessorPil(size={"height": side, "width": side}),
+        "tokenizer": tokenizer, "num_query_tokens": config.num_query_tokens,
+    }
+    if preset.model_class is InstructBlipForConditionalGeneration:
+        parts["qformer_tokenizer"] = tiny.qformer_tokenizer
+    return PROCESSOR_CLASSES[preset.model_class](**parts)
 
 
 def load_tiny_checkpoint(

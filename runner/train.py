@@ -10,16 +10,18 @@ back, so they belong to exactly the weights that were saved.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from qformer_budget.benchmarks import load_benchmark
@@ -66,6 +68,15 @@ def _write_status(run_dir: Path, state: str, **details: Any) -> None:
     write_json_atomic(run_dir / STATUS_FILE, {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")} | details)
 
 
+def default_device() -> str:
+    """Where runs train: the GPU if there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# Base model, processor, and whether its LM is decoder-only, for a run's model section on a device.
+ModelLoader = Callable[[ModelSection, str], tuple[torch.nn.Module, Any, bool]]
+
+
 def load_model(section: ModelSection, device: str) -> tuple[torch.nn.Module, Any, bool]:
     """Base model, processor, and whether its LM is decoder-only; ``tiny`` is the shipped offline checkpoint."""
     if section.preset == TINY_PRESET.name:
@@ -101,12 +112,13 @@ def load_data(spec: RunSpec) -> tuple[list, list]:
 
 def train(
     spec: RunSpec, model: torch.nn.Module, collator: InstructBlipCollator, train_set: list, device: str, progress: bool,
-    resume_from: str | None = None,
+    resume_from: str | None = None, callbacks: Sequence[TrainerCallback] = (),
 ) -> tuple[torch.nn.Module, TrainingPlan, list[dict]]:
     """Put the run's method on ``model`` and train it with the Trainer (AdaLoRA's budget recorded into the run
-    folder), from the checkpoint ``resume_from`` if given; returns the trained model, the plan and the
-    Trainer's log. The records are closed ``failed`` if training raises; a stop request (``runner.preemption``)
-    ends training with a checkpoint, the records closed ``preempted``, and raises ``Preempted``."""
+    folder, then ``callbacks``), from the checkpoint ``resume_from`` if given; returns the trained model, the plan
+    and the Trainer's log. The records are closed ``failed`` if training raises; a stop request
+    (``runner.preemption``) ends training with a checkpoint, the records closed ``preempted``, and raises
+    ``Preempted``."""
     training = spec.training
     plan = TrainingPlan(len(train_set), training.batch_size, epochs=training.epochs,
                         gradient_accumulation_steps=training.gradient_accumulation)
@@ -117,7 +129,7 @@ def train(
             benchmark=spec.benchmark, seed=spec.seed, record_every=spec.method.record_every,
             meta={"method": spec.method.tag, "preset": spec.model.preset},
         ))
-    callbacks = [PreemptionCallback(budget), *budget]
+    callbacks = [PreemptionCallback(budget), *budget, *callbacks]
     args = TrainingArguments(
         output_dir=str(spec.run_dir), per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation, num_train_epochs=training.epochs,
@@ -140,37 +152,55 @@ def train(
     return trained, plan, trainer.state.log_history
 
 
-def evaluate_saved(
-    spec: RunSpec, collator: InstructBlipCollator, eval_set: list, device: str
-) -> tuple[dict[str, float], list[dict]]:
-    """Metrics and predictions of the adapter saved in the run folder, loaded back onto a fresh base model."""
-    base, _, _ = load_model(spec.model, device)
-    saved = get_method(spec.method.name).load(base, spec.run_dir / ADAPTER_DIR).to(device)
-    training = spec.training
-    return evaluate(saved, collator, eval_set, batch_size=2 * training.batch_size,
-                    max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
+def load_saved(spec: RunSpec, device: str, load: ModelLoader = load_model) -> torch.nn.Module:
+    """The adapter saved in the run folder, loaded back onto a fresh base model from ``load``."""
+    base, _, _ = load(spec.model, device)
+    return get_method(spec.method.name).load(base, spec.run_dir / ADAPTER_DIR).to(device)
 
 
-def train_run(spec: RunSpec, progress: bool = True, resume_from: str | None = None) -> dict[str, float]:
+def train_run(
+    spec: RunSpec, progress: bool = True, resume_from: str | None = None, load: ModelLoader = load_model,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, float]:
     """Train (from the checkpoint ``resume_from`` of a stopped attempt, if given), save and evaluate one run;
-    returns its metrics. Status is ``failed`` if anything raises, ``preempted`` if the scheduler stopped it."""
+    returns its metrics. Status is ``failed`` if anything raises, ``preempted`` if the scheduler stopped it.
+
+    ``load`` gives the base model (a rehearsal passes a builder of random weights), ``callbacks`` go to the
+    Trainer after the run's own. The trained model is released before a fresh base model is loaded for
+    evaluation, so one base model is in memory at a time; ``metrics.json`` gives each phase's seconds.
+    """
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", spec.to_dict() | {"versions": package_versions()})
     _write_status(run_dir, "running")
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(phase: str) -> None:  # the seconds since the previous phase ended
+        seconds[phase] = time.perf_counter() - started - sum(seconds.values())
+
     try:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
         train_set, eval_set = load_data(spec)
-        model, processor, decoder_only = load_model(spec.model, device)
+        model, processor, decoder_only = load(spec.model, device)
+        lap("load")
         collator = InstructBlipCollator(processor, spec.training.max_prompt_tokens, decoder_only)
-        trained, plan, log_history = train(spec, model, collator, train_set, device, progress, resume_from)
+        trained, plan, log_history = train(spec, model, collator, train_set, device, progress, resume_from, callbacks)
+        lap("train")
         trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
         write_json_atomic(run_dir / "train_log.json", {"log_history": log_history})
         get_method(spec.method.name).save(trained, run_dir / ADAPTER_DIR)
+        del model, trained
+        gc.collect()  # the Trainer leaves reference cycles to the trained model
+        lap("save")
         train_seconds = time.perf_counter() - started
 
-        metrics, predictions = evaluate_saved(spec, collator, eval_set, device)
+        saved = load_saved(spec, device, load)
+        lap("reload")
+        training = spec.training
+        metrics, predictions = evaluate(saved, collator, eval_set, batch_size=2 * training.batch_size,
+                                        max_new_tokens=training.max_new_tokens, num_beams=training.num_beams)
+        lap("evaluate")
         with atomic_write(run_dir / "predictions.jsonl") as f:
             f.writelines(json.dumps(row) + "\n" for row in predictions)
         report = {
@@ -178,6 +208,7 @@ def train_run(spec: RunSpec, progress: bool = True, resume_from: str | None = No
             "metrics": metrics, "adapter_sha256": _sha256(run_dir / ADAPTER_DIR),
             "trainable_parameters": trainable, "train_examples": len(train_set),
             "optimizer_steps": plan.total_optimizer_steps,
+            "seconds": {phase: round(t, 1) for phase, t in seconds.items()},
             "train_seconds": round(train_seconds, 1), "total_seconds": round(time.perf_counter() - started, 1),
         }
         write_json_atomic(run_dir / "metrics.json", report)

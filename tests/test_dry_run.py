@@ -232,8 +232,12 @@ def test_memory_estimate_terms(name):
     assert memvp.weights_bytes == 4 * census(name).total
 
 
-def test_memory_estimate_is_below_the_measured_real_size_rehearsal():
-    # ../shared/notes/real-size-and-workers.md: FlanT5-XL in bf16, batch 1, 32 + 40 input and 8 label tokens,
-    # AdaLoRA paper_all r12: 8.3 to 8.6 GiB resident on a CPU, Python and torch included.
-    estimate = estimate_peak_memory(PRESET, AdaLoraSettings(placement="paper_all"), 1, torch.bfloat16, 40, 8)
-    assert 7.5 * 2**30 < estimate.total_bytes < 8.6 * 2**30
+def test_memory_estimate_is_near_the_measured_real_size_rehearsal():
+    # docs/performance.md: `qformer-budget rehearse instructblip-flan-t5-xl` on a CPU (bf16, batch 1, 36 prompt and
+    # 4 target tokens, AdaLoRA paper_all r12) peaked at 8.59 GiB resident, its process holding 0.51 GiB before the
+    # model was built; per GPU (no process term) the estimate stays below that.
+    adalora = AdaLoraSettings(placement="paper_all")
+    per_gpu = estimate_peak_memory(PRESET, adalora, 1, torch.bfloat16, 36, 4)
+    on_cpu = estimate_peak_memory(PRESET, adalora, 1, torch.bfloat16, 36, 4, process_bytes=int(0.51 * 2**30))
+    assert on_cpu.total_bytes == per_gpu.total_bytes + on_cpu.process_bytes
+    assert per_gpu.total_bytes < 8.59 * 2**30 < 1.1 * on_cpu.total_bytes
