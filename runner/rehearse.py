@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from qformer_budget.analysis import load_runs
 from qformer_budget.benchmarks.synthetic import write_synthetic
+from qformer_budget.core.run_folder import read_record_table, read_run_meta
 from qformer_budget.peft_hooks.model import seeded
 
 from .collate import InstructBlipCollator
@@ -234,7 +234,9 @@ def rehearse(
         probe = StepProbe(device)
         metrics = train_run(spec, progress=progress, load=build, callbacks=[probe])
         saved = json.loads((spec.run_dir / "metrics.json").read_text(encoding="utf-8"))
-        records = load_runs(spec.run_dir, columns=["step", "mask_step", "module", "rank", "init_r"])
+        records = read_record_table(spec.run_dir, read_run_meta(spec.run_dir)).select(
+            ["step", "mask_step", "module", "rank", "init_r"]
+        ).to_pandas()
         last = records[records.step == records.step.max()]
         (build_seconds, parameters, built_bytes), _ = builds
         return RehearsalReport(
