@@ -146,7 +146,8 @@ def real_qformer_config() -> InstructBlipConfig:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """One real checkpoint: how to build its architecture offline and what a local copy must look like."""
+    """One architecture: how to build it offline and what a local checkpoint of it must look like (a real
+    checkpoint, the shipped tiny one, or the rehearsal's reduced ``real-qformer``)."""
 
     name: str
     model_class: type[BlipModel]
