@@ -7,7 +7,7 @@ Every Linear layer of a Q-Former is named by ``(layer, block, proj)``:
 - ``proj`` is ``query``, ``key``, ``value``, ``output`` for attention blocks and ``intermediate``,
   ``output`` for FFN blocks.
 
-Its string form, :func:`sublayer_label`, is ``L{layer:02d}.{block}.{proj}`` (``L03.cross_attn.value``)
+Its string form, :func:`sublayer_label`, is ``L{layer:02d}.{block}.{proj}`` (``L02.cross_attn.value``)
 and is used for table keys, TensorBoard tags and figure labels alike.
 
 Both the transformers names (InstructBLIP, InstructBLIP-Video, BLIP-2:
@@ -63,6 +63,10 @@ class Sublayer(NamedTuple):
     def label(self) -> str:
         return sublayer_label(self.layer, self.block, self.proj)
 
+    def __str__(self) -> str:
+        """The grammar's string form, :attr:`label`."""
+        return self.label
+
 
 def parse_sublayer(module_name: str) -> Sublayer | None:
     """Map a Q-Former Linear's full module name to ``(layer, block, proj)``; None for anything else."""
@@ -76,7 +80,7 @@ def parse_sublayer(module_name: str) -> Sublayer | None:
 
 
 def sublayer_label(layer: int, block: str, proj: str) -> str:
-    """The grammar's string form: ``L03.cross_attn.value``."""
+    """The grammar's string form: ``L02.cross_attn.value``."""
     return f"L{layer:02d}.{block}.{proj}"
 
 

@@ -5,7 +5,7 @@ Every live-view sink logs the same values under the same tags, at the 1-based st
 - ``budget/total``: the budget of peft's schedule; ``budget/threshold``: the mask threshold (mask steps only);
 - ``rank/<block>`` and ``share/<block>``: kept directions per block (``self_attn``, ``cross_attn``,
   ``ffn_query``, ``ffn_text``; ``other`` for modules outside the Q-Former) and their share of the total;
-- ``rank/<sublayer>``: kept directions per module, by grammar label (``rank/L03.cross_attn.value``);
+- ``rank/<sublayer>``: kept directions per module, by grammar label (``rank/L02.cross_attn.value``);
 - ``score/<block>``: sum of the triplet scores per block, while peft holds scores;
 - ``heatmap/rank``: the layer x sublayer rank heatmap, at mask steps only (drawing is the costly part).
 """

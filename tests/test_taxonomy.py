@@ -1,5 +1,6 @@
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,10 @@ from qformer_budget.peft_hooks import (
     sublayer_label,
     target_modules_regex,
 )
+from qformer_budget.runner.presets import build_on_meta
 from qformer_budget.runner.tiny import build_tiny_instructblip
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:
@@ -144,6 +148,17 @@ def test_bad_placements_are_refused():
 def test_label_grammar():
     assert sublayer_label(3, "cross_attn", "value") == "L03.cross_attn.value"
     assert Sublayer(11, "ffn_text", "output").label == "L11.ffn_text.output"
+    assert str(parse_sublayer("qformer.encoder.layer.2.crossattention.attention.value")) == "L02.cross_attn.value"
+
+
+def test_every_label_the_docs_show_names_a_real_q_former_module():
+    labels = {str(s) for name, _ in build_on_meta("instructblip-flan-t5-xl").named_modules()
+              if (s := parse_sublayer(name)) is not None}
+    shown = set()
+    sources = [p for p in sorted(REPO.glob("*/*.py")) if p.parent.name != "tests"]  # tests format labels on purpose
+    for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sources]:
+        shown |= set(re.findall(r"\bL\d\d\.[a-z_]+\.[a-z]+\b", document.read_text(encoding="utf-8")))
+    assert shown and shown <= labels, sorted(shown - labels)
 
 
 @given(st.text(max_size=80))
