@@ -106,7 +106,7 @@ class AdaLoraBudgetCallback(TrainerCallback):
         self._end_untrimmed_saves()
         checkpoint = _checkpoint_dir(args, state)
         if args.should_save and checkpoint.is_dir():
-            save_budget_state(model, checkpoint, state.global_step)
+            save_budget_state(model, checkpoint, steps_done=state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close("finished")

@@ -81,9 +81,31 @@ class AdaLoraSetup:
             self.placement = {b: list(p) for b, p in resolve_placement(self.placement).items()}
 
     @classmethod
-    def from_plan(cls, plan: TrainingPlan, **settings: Any) -> AdaLoraSetup:
-        """A setup whose ``total_step`` is the plan's number of optimizer steps."""
-        return cls(total_step=plan.total_optimizer_steps, **settings)
+    def from_plan(
+        cls,
+        plan: TrainingPlan,
+        *,
+        warmup_fraction: float | None = None,
+        final_fraction: float | None = None,
+        **settings: Any,
+    ) -> AdaLoraSetup:
+        """A setup whose ``total_step`` is the plan's number of optimizer steps.
+
+        ``warmup_fraction`` and ``final_fraction`` give ``tinit`` and ``tfinal`` as fractions of the run, as the
+        sweep config's keys of the same names do (``AdaLoraSchedule.from_fractions``); give both or neither, and
+        not together with ``tinit``/``tfinal``.
+        """
+        total_step = plan.total_optimizer_steps
+        if (warmup_fraction is None) != (final_fraction is None):
+            raise ValueError("give both warmup_fraction and final_fraction, or neither")
+        if warmup_fraction is not None:
+            if "tinit" in settings or "tfinal" in settings:
+                raise ValueError("give tinit/tfinal or warmup_fraction/final_fraction, not both")
+            schedule = AdaLoraSchedule.from_fractions(
+                total_step, warmup_fraction, final_fraction, settings.get("deltaT", cls.deltaT)
+            )
+            settings |= {"tinit": schedule.tinit, "tfinal": schedule.tfinal}
+        return cls(total_step=total_step, **settings)
 
     @property
     def regex(self) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "allocator_takes",
     "cast_input_dtype",
     "deepspeed_active",
+    "last_updated_step",
     "peft_forward_hooks",
     "set_allocator_averages",
     "swap_layer_class",
@@ -125,7 +126,7 @@ def allocator_takes(parameter_name: str, adapter: str) -> bool:
 
 def _update_once_per_step(self, global_step: int):
     """peft's ``AdaLoraModel.update_and_allocate``, refusing a step that was updated already."""
-    last = getattr(self, "_qformer_budget_updated_step", None)
+    last = last_updated_step(self)
     if last is not None and global_step <= last:
         raise RuntimeError(
             f"AdaLoRA's update_and_allocate was called for step {global_step} after step {last} was updated: "
@@ -134,6 +135,11 @@ def _update_once_per_step(self, global_step: int):
         )
     self._qformer_budget_updated_step = global_step
     return type(self).update_and_allocate(self, global_step)
+
+
+def last_updated_step(adalora) -> int | None:
+    """The last step :func:`update_once_per_step`'s guard let through; None before it or without it."""
+    return getattr(adalora, "_qformer_budget_updated_step", None)
 
 
 def update_once_per_step(adalora) -> None:

@@ -18,6 +18,7 @@ several times faster).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -225,10 +226,24 @@ class BudgetRecorder:
                 )
 
     def close(self, status: str = "finished") -> None:
-        """Flush and close every sink; safe to call more than once."""
+        """Flush and close every sink; safe to call more than once.
+
+        A run closed ``finished`` before its schedule's last step closes ``stopped_early`` instead, with a
+        warning naming the step: its budget may never have reached the target.
+        """
         if self._closed:
             return
         self._closed = True
+        if status == "finished" and self._modules is not None and self._last_step < self._schedule.total_step - 1:
+            schedule = self._schedule
+            warnings.warn(
+                f"BudgetRecorder closed after step {self._last_step} of a {schedule.total_step}-step AdaLoRA schedule "
+                f"(final mask at step {schedule.final_mask_step}): the run is recorded as 'stopped_early', not "
+                "'finished'; set total_step to the steps the loop takes (AdaLoraSetup.from_plan)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            status = "stopped_early"
         errors = []
         for sink in self.sinks:
             try:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .fast_allocator import FastRankAllocator
 from .model import allocator_parameters, find_adalora_model
-from .peft_internals import AVERAGES, allocator_averages, set_allocator_averages
+from .peft_internals import AVERAGES, allocator_averages, last_updated_step, set_allocator_averages
 
 BUDGET_STATE_FILE = "qformer_budget_state.safetensors"
 STATE_FORMAT = "qformer-budget-adalora-state/1"
@@ -38,12 +38,20 @@ class BudgetStateError(ValueError):
     """A budget state file that cannot resume this model; the message names the file."""
 
 
-def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, global_step: int) -> Path:
+def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, *, steps_done: int) -> Path:
     """Write the budget state of ``model`` to ``directory/qformer_budget_state.safetensors``.
 
-    ``global_step`` is the 0-based step training resumes at (the number of optimizer steps done).
+    ``steps_done`` is the number of optimizer steps taken, which is the 0-based step training resumes at (the
+    Trainer's ``state.global_step``; in a loop, the last step given to ``BudgetRecorder.step`` plus one). Once a
+    recorder or callback drives the model, a count that disagrees with the last step it updated is refused.
     """
     adalora = find_adalora_model(model)
+    last = last_updated_step(adalora)
+    if last is not None and steps_done != last + 1:
+        raise ValueError(
+            f"save_budget_state got steps_done={steps_done}, but the last step updated was {last}: pass "
+            f"steps_done={last + 1}, the number of optimizer steps taken (not the 0-based step of the last one)"
+        )
     adapter = adalora.trainable_adapter_name
     config = adalora.peft_config[adapter]
     averages = allocator_averages(adalora.rankallocator)
@@ -54,7 +62,7 @@ def save_budget_state(model: torch.nn.Module, directory: str | os.PathLike, glob
         )
     for key, kept in (config.rank_pattern or {}).items():
         tensors[f"rank_pattern/{key}"] = torch.tensor(kept, dtype=torch.bool)
-    metadata = {"format": STATE_FORMAT, "global_step": str(int(global_step)), "adapter": adapter}
+    metadata = {"format": STATE_FORMAT, "global_step": str(int(steps_done)), "adapter": adapter}
     metadata |= {key: str(getattr(config, key)) for key in CHECKED_SETTINGS}
     path = Path(directory) / BUDGET_STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

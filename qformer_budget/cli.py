@@ -74,17 +74,13 @@ def _launch(config, launcher: str) -> int:
 
 
 def _rehearse(args: argparse.Namespace) -> int:
-    from qformer_budget.runner.rehearse import RehearsalRefused, rehearse
+    from qformer_budget.runner.rehearse import rehearse
 
     from .demo import quiet_library_output
 
     quiet_library_output()
-    try:
-        report = rehearse(args.preset, out=args.out, steps=args.steps, eval_examples=args.examples,
-                          benchmark=args.benchmark, seed=args.seed, progress=not args.no_progress)
-    except RehearsalRefused as exc:
-        print(f"qformer-budget rehearse: {exc}", file=sys.stderr)
-        return 2
+    report = rehearse(args.preset, out=args.out, steps=args.steps, eval_examples=args.examples,
+                      benchmark=args.benchmark, seed=args.seed, progress=not args.no_progress)
     print(report.text())
     return 0
 
@@ -129,6 +125,9 @@ def _figures(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qformer-budget", description="Record where AdaLoRA puts its rank budget in the Q-Former."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error instead of its one-line message"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -205,8 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's error (a bad config, path, record or preset, a locked run folder) prints its
+    one-line message on stderr and returns 2, and ``--debug`` raises it with its traceback instead."""
+    from qformer_budget.core.run_folder import RunFolderLocked
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError, RunFolderLocked) as error:
+        if args.debug:
+            raise
+        print(f"qformer-budget {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ PAPER_PLACEMENTS: tuple[str, ...] = (
     "self_attn_qv", "cross_attn_qkvo", "ffn_text_query", "paper_all", *LLM_PLACEMENTS,
     f"{QFORMER_ALL}+llm_all",
 )
+# What `qformer-budget params` lists: the paper's placements and every Q-Former Linear (the demo's all_linear).
+TABLE_PLACEMENTS: tuple[str, ...] = (*PAPER_PLACEMENTS[:4], "all_linear", *PAPER_PLACEMENTS[4:])
 PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
 MEMVP_PLACEMENT = "llm_ffn_memory"  # MemVP's row: visual memory in every FFN block of the LM, no rank
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -145,7 +147,7 @@ def parameter_table(
     preset_names: list[str] | tuple[str, ...] | None = None,
     ranks: tuple[int, ...] = PAPER_RANKS,
     methods: tuple[str, ...] = ("lora",),
-    placements: tuple[str, ...] = PAPER_PLACEMENTS,
+    placements: tuple[str, ...] = TABLE_PLACEMENTS,
 ) -> pd.DataFrame:
     """One row per preset x placement x rank x method: adapted modules, trainable parameters and their shares.
 

@@ -9,13 +9,15 @@ loads the shipped checkpoint in ``assets/tiny-instructblip`` (about 1.5 MB), whi
 aligned on synthetic captioning and generic visual questions, as the real InstructBLIP is
 pretrained before anyone fine-tunes it. The tokenizers are trained once and shipped with it,
 because the tokenizers library numbers tied pieces differently on every training run.
-``python -m runner.tiny`` remakes the checkpoint (a few minutes on 2 CPU cores).
+``python -m qformer_budget.runner.tiny OUT`` makes another (a few minutes on 2 CPU cores; see :func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -188,16 +190,44 @@ def pretrain_tiny_checkpoint(
         if step % 250 == 0 or step == steps - 1:
             print(f"step {step}: loss {np.mean(losses[-50:]):.3f}", flush=True)
     out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    processor.save_pretrained(str(out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))  # renamed into place at the end
+    model.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
     report = {
         "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
         "examples": len(examples), "first_loss": float(np.mean(losses[:50])), "final_loss": float(np.mean(losses[-50:])),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out_dir / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    (staging / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    if out_dir.exists():
+        replaced = out_dir.with_name(f".{out_dir.name}.replaced")
+        out_dir.rename(replaced)
+        staging.rename(out_dir)
+        shutil.rmtree(replaced)
+    else:
+        staging.rename(out_dir)
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qformer_budget.runner.tiny [OUT] [--steps N] [--force]``: pretrain a tiny checkpoint into OUT.
+
+    OUT defaults to the shipped checkpoint, and a folder that already holds files is replaced only with
+    ``--force``; the new checkpoint is written beside it and renamed into place when it is complete.
+    """
+    parser = argparse.ArgumentParser(prog="python -m qformer_budget.runner.tiny", description=main.__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=str(TINY_CHECKPOINT_DIR), help="the checkpoint folder to write")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000, a few minutes)")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it already holds files")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        print(f"{out} already holds files (the shipped checkpoint, if it is the default); pass --force to replace it",
+              file=sys.stderr)
+        return 2
+    print(pretrain_tiny_checkpoint(out, steps=args.steps))
+    return 0
+
+
 if __name__ == "__main__":
-    print(pretrain_tiny_checkpoint(*sys.argv[1:2]))
+    sys.exit(main())

@@ -6,6 +6,7 @@ import torch
 from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
 from qformer_budget.runner.params import (
+    TABLE_PLACEMENTS,
     census,
     format_table,
     full_qformer_parameters,
@@ -52,7 +53,7 @@ def test_adalora_trains_one_singular_value_per_rank_and_module():
     adalora = table[table.method == "adalora"].set_index(["placement", "rank"])
     ranks = lora.index.get_level_values("rank").to_series(index=lora.index)
     assert (adalora.trainable - lora.trainable).equals(ranks * lora.modules)
-    assert len(table) == 8 * 4 * 2
+    assert len(table) == len(TABLE_PLACEMENTS) * 4 * 2  # placements x ranks x methods
 
 
 def test_routed_adapters_train_what_plain_ones_train_and_memvp_has_one_row_per_preset():

@@ -11,12 +11,19 @@ from qformer_budget.analysis import load_runs
 from qformer_budget.benchmarks.synthetic_vqa import generate_examples
 from qformer_budget.core.adalora_rules import kept_directions
 from qformer_budget.core.schema import COLUMN_NAMES, SCHEMA_VERSION
-from qformer_budget.peft_hooks import BudgetRecorder, find_adalora_model, load_adapter, save_adapter
+from qformer_budget.peft_hooks import (
+    AdaLoraSetup,
+    BudgetRecorder,
+    add_adalora,
+    find_adalora_model,
+    load_adapter,
+    save_adapter,
+)
 from qformer_budget.peft_hooks import sinks as sinks_module
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
-from tiny_training import tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
+from tiny_training import record_random_steps, tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
 
@@ -251,3 +258,15 @@ def test_directions_kept_between_masks_are_the_last_masks(loop_run):
         elif last_mask is not None:
             np.testing.assert_array_equal(record.direction_kept, last_mask.direction_kept)
     assert last_mask is not None and records[-1].global_step > last_mask.global_step
+
+
+def test_a_loop_that_stops_before_its_schedule_ends_closes_stopped_early_with_a_warning(tmp_path):
+    model, _ = build_tiny_instructblip(seed=0)
+    model = add_adalora(model, AdaLoraSetup(total_step=18, tinit=2, tfinal=4, deltaT=2), seed=0)
+    recorder = BudgetRecorder(tmp_path / "run")
+    record_random_steps(recorder, model, range(7))  # steps 0..6 of 18
+    with pytest.warns(RuntimeWarning, match=r"closed after step 6 of a 18-step AdaLoRA schedule \(final mask at step "
+                                            r"14\): the run is recorded as 'stopped_early'"):
+        recorder.close()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "stopped_early"
+    assert set(load_runs(tmp_path / "run", columns=["step"]).status) == {"stopped_early"}

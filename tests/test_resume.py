@@ -27,6 +27,7 @@ from tiny_training import (
     BATCH,
     LEARNING_RATE,
     FixedOrder,
+    record_random_steps,
     tiny_adalora,
     tiny_setup,
     train_with_loop,
@@ -150,7 +151,7 @@ def _loop(run_dir, checkpoint_dir, start: int, stop: int, save_at: int | None, c
         recorder.step(model, step)
         optimizer.zero_grad()
         if step + 1 == save_at:
-            save_budget_state(model, checkpoint_dir, step + 1)
+            save_budget_state(model, checkpoint_dir, steps_done=step + 1)
             torch.save(optimizer.state_dict(), checkpoint_dir / "optimizer.pt")
     if close:
         recorder.close()
@@ -186,7 +187,7 @@ def test_loop_resume_reproduces_the_run(uninterrupted, tmp_path, stopped):
 
 def test_budget_state_from_other_settings_is_refused(tmp_path):
     model, _ = tiny_adalora(SETUP, seed=0)
-    save_budget_state(model, tmp_path, 3)
+    save_budget_state(model, tmp_path, steps_done=3)
     other, _ = tiny_adalora(tiny_setup(total_step=30, target_r=1), seed=0)
     with pytest.raises(BudgetStateError, match=rf"{BUDGET_STATE_FILE}: saved with target_r=2, this model has target_r=1"):
         load_budget_state(other, tmp_path)
@@ -201,3 +202,16 @@ def test_resuming_into_another_runs_folder_is_refused(tmp_path):
     recorder = BudgetRecorder(tmp_path / "run", benchmark="another", seed=0, resume_from_step=4)
     with pytest.raises(ValueError, match=r"run.json: benchmark was 'synthetic_vqa', the resumed run has 'another'"):
         recorder.step(model, 4)
+
+
+def test_save_budget_state_refuses_a_step_count_the_recorder_disagrees_with(tmp_path):
+    model, _ = tiny_adalora(SETUP, seed=0)
+    record_random_steps(BudgetRecorder(None, record_every=1), model, range(3))
+    with pytest.raises(ValueError, match=r"got steps_done=2, but the last step updated was 2: pass steps_done=3, the "
+                                         r"number of optimizer steps taken \(not the 0-based step of the last one\)"):
+        save_budget_state(model, tmp_path, steps_done=2)  # the 0-based step just taken: resuming would repeat it
+    assert not (tmp_path / BUDGET_STATE_FILE).exists()
+    save_budget_state(model, tmp_path, steps_done=3)
+    assert load_budget_state(model, tmp_path) == 3
+    with pytest.raises(TypeError):
+        save_budget_state(model, tmp_path, 3)  # the count only by its keyword

@@ -13,6 +13,7 @@ from qformer_budget.peft_hooks import (
     find_adalora_model,
 )
 from qformer_budget.runner.collate import InstructBlipCollator
+from qformer_budget.runner.methods import AdaLoraSettings
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
 from tiny_training import FixedOrder, tiny_setup, trainer_arguments
@@ -150,3 +151,14 @@ def test_callback_refuses_total_step_that_disagrees_with_the_trainer(tiny, tmp_p
 def test_setup_from_plan_takes_the_plans_step_count():
     plan = TrainingPlan(100, 8, epochs=3, gradient_accumulation_steps=2)
     assert AdaLoraSetup.from_plan(plan, tinit=2, tfinal=3).total_step == plan.total_optimizer_steps == 21
+
+
+def test_from_plan_takes_the_configs_phase_fractions():
+    plan = TrainingPlan(48, 4, epochs=2)  # 24 optimizer steps: a small first try
+    setup = AdaLoraSetup.from_plan(plan, warmup_fraction=0.1, final_fraction=0.2, deltaT=2)
+    expected = AdaLoraSettings(deltaT=2, warmup_fraction=0.1, final_fraction=0.2).schedule(24)  # as a sweep's run
+    assert (setup.total_step, setup.tinit, setup.tfinal) == (24, expected.tinit, expected.tfinal) == (24, 2, 4)
+    with pytest.raises(ValueError, match="give both warmup_fraction and final_fraction, or neither"):
+        AdaLoraSetup.from_plan(plan, warmup_fraction=0.1)
+    with pytest.raises(ValueError, match="give tinit/tfinal or warmup_fraction/final_fraction, not both"):
+        AdaLoraSetup.from_plan(plan, warmup_fraction=0.1, final_fraction=0.2, tinit=3)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from qformer_budget.benchmarks.synthetic_vqa import COLORS, QUESTIONS, generate_examples, vocabulary_corpus
@@ -35,3 +36,19 @@ def test_synthetic_task_is_deterministic_and_answers_need_the_image():
     assert [(e.question, e.answer, e.image.tobytes()) for e in a] == [(e.question, e.answer, e.image.tobytes()) for e in b]
     color_answers = {e.answer for e in generate_examples(200, seed=0) if e.question == QUESTIONS["color"]}
     assert color_answers == set(COLORS)  # one question, every answer: only the image tells them apart
+
+
+def test_the_pretraining_command_parses_its_arguments_and_keeps_a_checkpoint_without_force(tmp_path, capsys, monkeypatch):
+    from qformer_budget.runner import tiny
+
+    with pytest.raises(SystemExit) as exit_info:
+        tiny.main(["--help"])
+    assert exit_info.value.code == 0 and "--force" in capsys.readouterr().out
+    monkeypatch.setattr(tiny, "pretrain_tiny_checkpoint", lambda *a, **k: pytest.fail("it trained"))
+    assert tiny.main([]) == 2  # the shipped checkpoint
+    assert "pass --force to replace it" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert tiny.main([str(tmp_path / "made"), "--steps", "2"]) == 0
+    model, processor = tiny.load_tiny_checkpoint(tmp_path / "made")
+    assert model.config.num_query_tokens == tiny.TINY_NUM_QUERY_TOKENS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]  # no staging folder left behind

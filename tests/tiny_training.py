@@ -40,6 +40,16 @@ class FixedOrder(IterableDataset):
             yield self.examples[i % len(self.examples)]
 
 
+def record_random_steps(recorder: BudgetRecorder, model, steps: range, seed: int = 0) -> None:
+    """``recorder.step`` on each of ``steps`` after filling every trainable gradient with seeded noise."""
+    generator = torch.Generator().manual_seed(seed)
+    for step in steps:
+        for param in model.parameters():
+            if param.requires_grad:
+                param.grad = torch.randn(param.shape, generator=generator)
+        recorder.step(model, step)
+
+
 def train_with_loop(
     run_dir, setup: AdaLoraSetup, seed: int = 0, on_model=None, **recorder_kwargs
 ):
