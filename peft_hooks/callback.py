@@ -15,7 +15,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .model import find_adalora_model
+from .model import adapter_seed, find_adalora_model
 from .recorder import BudgetRecorder
 from .resume import BUDGET_STATE_FILE, load_budget_state, save_budget_state, untrimmed_adapter_saves
 from .sinks import RecordSink
@@ -24,8 +24,8 @@ from .sinks import RecordSink
 class AdaLoraBudgetCallback(TrainerCallback):
     """Drives AdaLoRA's allocation inside ``Trainer`` and records it.
 
-    Records go to ``run_dir`` (default: the Trainer's ``output_dir``); ``seed`` defaults to
-    ``args.seed``. ``fast_allocator=True`` swaps peft's rank allocator for the faster, equivalent
+    Records go to ``run_dir`` (default: the Trainer's ``output_dir``); ``seed``, the records' label, defaults
+    to the seed ``add_adalora`` drew the adapter from, else to ``args.seed``. ``fast_allocator=True`` swaps peft's rank allocator for the faster, equivalent
     :class:`~peft_hooks.fast_allocator.FastRankAllocator`. Call :meth:`close` with ``"failed"`` if
     ``train()`` raises.
     """
@@ -72,7 +72,7 @@ class AdaLoraBudgetCallback(TrainerCallback):
         self.recorder = BudgetRecorder(
             self.run_dir if self.run_dir is not None else args.output_dir,
             benchmark=self.benchmark,
-            seed=args.seed if self.seed is None else self.seed,
+            seed=args.seed if self.seed is None and adapter_seed(adalora) is None else self.seed,
             record_every=self.record_every,
             sinks=self.sinks,
             meta=self.meta,

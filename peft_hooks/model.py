@@ -47,7 +47,8 @@ def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = 
     """Wrap ``model`` with AdaLoRA on the Q-Former sublayers that ``setup`` chooses.
 
     Everything but the adapter is frozen. With ``seed``, the adapter's random initialisation is
-    drawn from that seed (leaving the global RNG untouched), so runs are reproducible. Raises ValueError naming the model class when it has no
+    drawn from that seed (leaving the global RNG untouched), so runs are reproducible; a recorder labels its
+    records with that seed (:func:`adapter_seed`). Raises ValueError naming the model class when it has no
     Q-Former, and naming the regex when it matches no Q-Former Linear.
     """
     linear_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -71,7 +72,17 @@ def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = 
             f"(first: {outside[0]!r}); qformer-budget records Q-Former sublayers only"
         )
     with seeded(seed):
-        return AdaLoraPeftModel(model, setup.to_peft_config(), adapter_name=setup.adapter_name)
+        peft_model = AdaLoraPeftModel(model, setup.to_peft_config(), adapter_name=setup.adapter_name)
+    setattr(peft_model.base_model, _ADAPTER_SEED, seed)
+    return peft_model
+
+
+_ADAPTER_SEED = "qformer_budget_adapter_seed"
+
+
+def adapter_seed(adalora: AdaLoraModel) -> int | None:
+    """The seed :func:`add_adalora` drew the adapter from; None if it drew none or built no such adapter."""
+    return getattr(adalora, _ADAPTER_SEED, None)
 
 
 def find_adalora_model(model: torch.nn.Module) -> AdaLoraModel:

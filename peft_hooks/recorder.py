@@ -31,7 +31,7 @@ from qformer_budget.core.run_folder import closing_status, package_versions
 from qformer_budget.core.schema import SCHEMA_VERSION
 
 from .fast_allocator import DictTripletScores, FastRankAllocator, use_fast_allocator
-from .model import allocator_parameters, find_adalora_model
+from .model import adapter_seed, allocator_parameters, find_adalora_model
 from .peft_internals import AdaLoraLayer, allocator_averages, update_once_per_step
 from .sinks import ParquetSink, RecordSink
 
@@ -79,21 +79,23 @@ class BudgetRecorder:
         run_dir: str | os.PathLike | None,
         *,
         benchmark: str = "unspecified",
-        seed: int = 0,
+        seed: int | None = None,
         record_every: int | None = None,
         sinks: list[RecordSink] | None = None,
         meta: dict[str, Any] | None = None,
         fast_allocator: bool = False,
         resume_from_step: int | None = None,
     ) -> None:
-        """``fast_allocator``: swap peft's rank allocator for :class:`FastRankAllocator` at the first step.
+        """``seed``: the records' seed label; it seeds nothing. It defaults to the seed ``add_adalora`` drew the
+        adapter from (0 if there is none), and one that contradicts that seed is refused at the first step.
+        ``fast_allocator``: swap peft's rank allocator for :class:`FastRankAllocator` at the first step.
         ``resume_from_step``: the 0-based step a resumed run continues at (see ``peft_hooks.resume``);
         the records continue in ``run_dir`` and the stopped session's rows from that step on are superseded.
         """
         if record_every is not None and record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {record_every}")
         self.benchmark = benchmark
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
         self.record_every = record_every
         self.meta = dict(meta or {})
         self.fast_allocator = fast_allocator
@@ -115,6 +117,14 @@ class BudgetRecorder:
                 "AdaLoRA's update_and_allocate already ran before this BudgetRecorder's first step: it would update "
                 "the importance averages twice. BudgetRecorder.step calls it once per step: remove your own call to "
                 "update_and_allocate (or start the recorder on a fresh model)"
+            )
+        drawn = adapter_seed(adalora)
+        if self.seed is None:
+            self.seed = 0 if drawn is None else drawn
+        elif drawn is not None and drawn != self.seed:
+            raise ValueError(
+                f"BudgetRecorder(seed={self.seed}) would label the records with a seed that did not make them: "
+                f"add_adalora drew the adapter from seed {drawn}; pass seed={drawn} or leave seed out"
             )
         update_once_per_step(adalora)
         if self.fast_allocator:

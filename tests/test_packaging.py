@@ -129,6 +129,7 @@ def test_the_wheel_holds_the_single_top_level_name(tmp_path):
         assert f"qformer_budget/{folder}/__init__.py" in names
     assert "qformer_budget/runner/configs/demo.toml" in names
     assert "qformer_budget/runner/assets/tiny-instructblip/model.safetensors" in names
+    assert "qformer_budget/py.typed" in names and "qformer_budget-0.1.0.dist-info/licenses/LICENSE" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
@@ -164,3 +165,14 @@ def test_a_labs_own_analysis_and_runner_shadow_nothing(tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "nothing shadowed"
+
+
+def test_the_citation_file_names_the_toolkit_and_the_study():
+    import yaml
+
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
+    assert citation["cff-version"] == "1.2.0" and citation["type"] == "software"
+    assert citation["license"] == "Apache-2.0" and "license = Apache-2.0" in (REPO / "setup.cfg").read_text()
+    (study,) = citation["references"]
+    assert study["url"] == "https://arxiv.org/abs/2410.09489" and study["authors"][0]["family-names"] == "Kim"
+    assert (REPO / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]

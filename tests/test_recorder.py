@@ -270,3 +270,15 @@ def test_a_loop_that_stops_before_its_schedule_ends_closes_stopped_early_with_a_
         recorder.close()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "stopped_early"
     assert set(load_runs(tmp_path / "run", columns=["step"]).status) == {"stopped_early"}
+
+
+def test_the_records_seed_is_the_adapters_and_a_contradicting_label_is_refused(tmp_path):
+    setup = AdaLoraSetup(total_step=18, tinit=2, tfinal=4, deltaT=2)
+    model = add_adalora(build_tiny_instructblip(seed=0)[0], setup, seed=5)
+    recorder = BudgetRecorder(tmp_path / "run", record_every=1)
+    record_random_steps(recorder, model, range(1))
+    assert recorder.seed == 5 and json.loads((tmp_path / "run" / "run.json").read_text())["seed"] == 5
+    other = add_adalora(build_tiny_instructblip(seed=0)[0], setup, seed=5)
+    with pytest.raises(ValueError, match=r"BudgetRecorder\(seed=3\) would label the records with a seed that did not "
+                                         r"make them: add_adalora drew the adapter from seed 5; pass seed=5"):
+        record_random_steps(BudgetRecorder(None, seed=3), other, range(1))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from wandb.proto import wandb_internal_pb2
 
@@ -204,3 +205,10 @@ def test_write_needs_start(tmp_path):
     sink.close("finished")  # closing an unstarted sink is a no-op
     with pytest.raises(RuntimeError, match=r"WandbSink.write\(\) called before start\(\)"):
         sink.write(_two_module_record(step=5))
+
+
+def test_mlflow_refuses_a_file_store_without_the_setting_the_readme_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(MlflowException, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        MlflowSink(tracking_uri=_mlflow_uri(tmp_path), experiment="tests").start({"benchmark": "scienceqa", "seed": 1})
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
