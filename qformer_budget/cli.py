@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .demo import metrics_table, quiet_library_output
 
-    config = load_config(args.config)
+    config = load_config(args.config).with_sizes(args.examples, args.epochs)
     if args.out is not None:
         config = config.with_paths(out=args.out)
     quiet_library_output()
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="sweep config (TOML)")
     run.add_argument("--out", default=None, help="write runs here instead of the config's [sweep] out")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--examples", type=int, default=None, help="at most this many training examples per run")
+    run.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of the config's")
     run.add_argument(
         "--dry-run", action="store_true",
         help="check the data (every record, every image's header) and the model folder's config.json, and print "

@@ -8,7 +8,6 @@ then every figure of ``qformer_budget.plotting.figures.regenerate_figures`` (the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from importlib.resources import files
@@ -30,11 +29,7 @@ def demo_config(
     config = load_config(DEMO_CONFIG).with_paths(out=out_dir, data_root=Path(out_dir) / "data")
     if seeds is not None:
         config = config.with_seeds(seeds)
-    if examples is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_train_examples=examples))
-    if epochs is not None:
-        config = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
-    return config
+    return config.with_sizes(examples, epochs)
 
 
 def quiet_library_output() -> None:

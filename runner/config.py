@@ -200,6 +200,12 @@ class SweepConfig:
     def with_seeds(self, seeds: list[int]) -> SweepConfig:
         return dataclasses.replace(self, sweep=dataclasses.replace(self.sweep, seeds=list(seeds)))
 
+    def with_sizes(self, examples: int | None = None, epochs: float | None = None) -> SweepConfig:
+        """The same sweep on at most ``examples`` training examples per run and for ``epochs`` epochs."""
+        data = self.data if examples is None else dataclasses.replace(self.data, max_train_examples=examples)
+        training = self.training if epochs is None else dataclasses.replace(self.training, epochs=epochs)
+        return dataclasses.replace(self, data=data, training=training)
+
     def runs(self) -> list[RunSpec]:
         """Every run of the grid, benchmark-major, then method, then seed; each run folder is inside ``out``."""
         data = dataclasses.replace(self.data, root=str(self.data_root))

@@ -23,7 +23,8 @@ from qformer_budget.core.layout import set_aside_path
 from .claims import try_claim
 from .config import RunSpec, SweepConfig
 from .preemption import resumable_checkpoint
-from .train import read_status, train_run
+from .config import ConfigError
+from .train import config_differences, read_status, train_run
 
 logger = logging.getLogger(__name__)
 SYNTHETIC_MARKER = ".synthetic-complete"
@@ -89,13 +90,14 @@ def run_sweep(
         torch.set_num_threads(threads)
     if config.data.synthetic:
         ensure_synthetic_data(config)
+    check_inputs_exist(config)
     write_grid(config)
     report = SweepReport()
     bar = tqdm(runs, desc="sweep", unit="run", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(f"{spec.benchmark}/{spec.method.tag}/seed{spec.seed}")
         if read_status(spec.run_dir) == "finished":
-            report.skipped.append(spec.run_dir)
+            _skip_finished(spec, report)
             continue
         claim = try_claim(spec.run_dir)
         if claim is None:
@@ -104,10 +106,13 @@ def run_sweep(
         with claim:
             state = read_status(spec.run_dir)
             if state == "finished":  # finished by the worker that held it a moment ago
-                report.skipped.append(spec.run_dir)
+                _skip_finished(spec, report)
                 continue
             resume_from = None
-            if state == "preempted":  # stopped with a checkpoint: continue it exactly
+            if state == "preempted":  # stopped with a checkpoint: continue it exactly, under the same settings
+                if differences := config_differences(spec):
+                    report.failed[spec.run_dir] = _stale(differences, "was preempted under other settings")
+                    continue
                 resume_from = resumable_checkpoint(spec.run_dir)
             if spec.run_dir.exists() and resume_from is None:  # an attempt whose worker is gone: keep it, start clean
                 aside = set_aside_path(spec.run_dir, time.strftime("%Y%m%d-%H%M%S"))
@@ -121,3 +126,33 @@ def run_sweep(
             else:
                 report.finished.append(spec.run_dir)
     return report
+
+
+def check_inputs_exist(config: SweepConfig) -> None:
+    """Refuse, before any run folder exists, a sweep none of whose runs could start: a model folder or a
+    benchmark's data folder that is not there (an unedited ``/path/to`` path), all of them named at once."""
+    missing = []
+    if config.model.path is not None and not Path(config.model.path).is_dir():
+        missing.append(f"[model] path {config.model.path} is not a folder")
+    missing += [
+        f"[data] root has no {benchmark}/ folder ({config.data_root / benchmark})"
+        for benchmark in config.sweep.benchmarks
+        if not (config.data_root / benchmark).is_dir()
+    ]
+    if missing:
+        raise ConfigError(f"{config.source}: no run can start: {'; '.join(missing)} (qformer-budget run --dry-run checks more)")
+
+
+def _skip_finished(spec: RunSpec, report: SweepReport) -> None:
+    """A finished run is kept, and skipped only if it finished under the settings the config gives now."""
+    if differences := config_differences(spec):
+        report.failed[spec.run_dir] = _stale(differences, "finished under other settings")
+    else:
+        report.skipped.append(spec.run_dir)
+
+
+def _stale(differences: list[str], what: str) -> str:
+    return (
+        f"{what} ({'; '.join(differences)}); it is kept and not reused: move it away, or give the sweep "
+        "another out (--out)"
+    )

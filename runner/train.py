@@ -59,6 +59,31 @@ def read_status_file(run_dir: Path) -> dict[str, Any]:
     return status if isinstance(status, dict) else {"state": "unreadable", "error": f"{run_dir / STATUS_FILE}: not an object"}
 
 
+def config_differences(spec: RunSpec) -> list[str]:
+    """How the settings ``spec.run_dir/config.json`` recorded differ from ``spec``'s, one ``key: old -> new``
+    each (package versions aside); empty when they agree or when no config was recorded."""
+    recorded_file = spec.run_dir / "config.json"
+    if not recorded_file.is_file():
+        return []
+    recorded = _flat(json.loads(recorded_file.read_text(encoding="utf-8")))
+    current = _flat(json.loads(json.dumps(spec.to_dict())))
+    return [
+        f"{key}: {recorded.get(key, '(absent)')!r} -> {current.get(key, '(absent)')!r}"
+        for key in sorted(recorded.keys() | current.keys())
+        if not key.startswith("versions.") and recorded.get(key, "(absent)") != current.get(key, "(absent)")
+    ]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def read_status(run_dir: Path) -> str | None:
     """The run's state (``running``, ``finished``, ``failed``, ``preempted``), None if it never started."""
     return read_status_file(run_dir).get("state")

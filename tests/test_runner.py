@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from qformer_budget.analysis import load_metrics, load_runs
+from qformer_budget.cli import main
 from qformer_budget.runner.sweep import run_sweep
 from qformer_budget.runner.train import _sha256, read_status
 
@@ -86,3 +87,31 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(finished_sweep):
     assert len(rerun.finished) == 2 and len(rerun.skipped) == 2 and not rerun.failed
     set_aside = list(failed_dir.parent.glob("seed0.unfinished-*"))
     assert len(set_aside) == 1 and read_status(set_aside[0]) == "failed"  # the failed attempt is kept
+
+
+@pytest.mark.slow
+def test_a_finished_run_under_other_settings_is_never_reused_silently(finished_sweep, capsys):
+    tmp_path, config, _ = finished_sweep
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")}
+    changed = run_sweep(config.with_sizes(epochs=2.0), progress=False)
+    assert not changed.finished and not changed.skipped and len(changed.failed) == 4
+    for error in changed.failed.values():
+        assert error.startswith("finished under other settings (training.epochs: 1.0 -> 2.0); it is kept and not "
+                                "reused: move it away, or give the sweep another out (--out)")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")} == before  # kept as it was
+    assert main(["run", str(config.source), "--epochs", "2", "--no-progress"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_a_config_whose_paths_do_not_exist_fails_once_before_any_run_folder(tmp_path, capsys):
+    config = tmp_path / "unedited.toml"
+    config.write_text(f'[sweep]\nout = "{tmp_path / "out"}"\nbenchmarks = ["iconqa", "vizwiz"]\n'
+                      '[model]\npreset = "instructblip-flan-t5-xl"\npath = "/path/to/instructblip-flan-t5-xl"\n'
+                      '[data]\nroot = "/path/to/data"\n[[methods]]\nname = "adalora"\n')
+    for _ in range(2):  # a rerun adds nothing either
+        assert main(["run", str(config)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert ("no run can start: [model] path /path/to/instructblip-flan-t5-xl is not a folder; [data] root has no "
+                "iconqa/ folder") in error
+        assert not (tmp_path / "out").exists()
