@@ -58,7 +58,7 @@ run_summary(records).drop(columns=["run"]).round(3)
 # ## Block shares, three ways
 # `rank`: share of kept directions. `module`: mean rank per module, so cross-attention (present in half
 # the layers) is not penalised for having fewer modules. `parameter`: share of kept adapter parameters, so
-# the larger FFN matrices weigh more. The last layer's text FFN is a structural zero (its output never
+# the larger FFN matrices weigh more. The last layer's text FFN gets no task gradient (its output never
 # reaches the LLM) and is left out.
 
 # %%

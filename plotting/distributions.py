@@ -22,7 +22,7 @@ def plot_importance(
 
     Each box is one block of one benchmark (quartiles and 1.5 IQR whiskers of ``log10_score``), each point
     one module of one seed (deterministic jitter from ``jitter_seed``). Structural modules are drawn beside
-    their box as black crosses (``structural zero``) and left out of the boxes; scores <= 0 cannot sit on a
+    their box as black crosses (``no task gradient``) and left out of the boxes; scores <= 0 cannot sit on a
     log axis and are counted in a note. With several benchmarks, each block holds one box per benchmark
     (benchmarks on the x ticks, blocks above).
     """

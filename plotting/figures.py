@@ -160,13 +160,13 @@ def _per_benchmark_figures(records: pd.DataFrame, tables: dict[str, pd.DataFrame
             ax.figure, f"rank_heatmap_{part}", "Per benchmark",
             f"Final kept rank of every Q-Former sublayer on {benchmark} ({seeds}), layer by sublayer, on "
             "the colour scale shared by all benchmarks; hatched cells have no module, the outlined text FFN "
-            "of the last layer is a structural zero.",
+            "of the last layer gets no task gradient (its output never reaches the LLM).",
         )
 
         ax = plot_rank_trajectories(
             trajectories[trajectories["benchmark"] == benchmark], phases,
             title=f"{benchmark}: share of kept rank per block over training",
-            ylabel="share of kept rank\n(structural zero excluded)",
+            ylabel="share of kept rank\n(last text FFN, no task gradient, excluded)",
         )
         index.add(
             ax.figure, f"rank_trajectory_{part}", "Per benchmark",
@@ -247,7 +247,7 @@ def _cross_benchmark_figures(
         n_seeds = f"{low}" if low == high else f"{low}-{high}"
         ci_text = "no interval: 1 seed" if one_seed else f"95% seed-bootstrap CI over {n_seeds} seeds"
         ax = plot_block_share_ci(
-            data, seeds, ylabel=f"{_NORMALIZATION_TEXT[normalize]}\n(structural zero excluded)",
+            data, seeds, ylabel=f"{_NORMALIZATION_TEXT[normalize]}\n(last text FFN, no task gradient, excluded)",
             title=f"Final block shares, {normalize} normalisation ({ci_text})",
         )
         stem = f"block_share_ci_{normalize}"

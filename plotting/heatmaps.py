@@ -151,9 +151,9 @@ def plot_rank_heatmap(
 
     Cells with no module (NaN) are hatched grey, so they cannot be mistaken for rank 0. Structural cells
     get a black-and-white dotted outline (two patches with ``gid="structural"``), italic values and the
-    legend entry ``structural zero``: ``structural=True`` marks ``qformer_budget.plotting.figure_data.structural_cells(table)``,
+    legend entry ``no task gradient``: ``structural=True`` marks ``qformer_budget.plotting.figure_data.structural_cells(table)``,
     a bool DataFrame marks its True cells, False marks none. The colour bar is right of the heatmap,
-    the legend (``no module``, ``structural zero``) under the colour bar.
+    the legend (``no module``, ``no task gradient``) under the colour bar.
     The colour scale runs from 0 to ``vmax`` (default: the table's maximum); ``colorbar`` and ``legend``
     can be left out when the caller draws shared ones (see :func:`plot_heatmap_grid`).
     """

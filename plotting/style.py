@@ -6,7 +6,7 @@ and returns the Axes it drew on (``plot_heatmap_grid`` draws several and returns
 - a layer x sublayer cell with no module (NaN: odd layers' cross-attention) is hatched grey, never a colour
   that could read as 0;
 - structural cells (the last layer's text FFN, which gets no task gradient) get a black-and-white dotted
-  outline and the legend entry ``structural zero``: their values are architecture, not findings.
+  outline and the legend entry ``no task gradient``: their values are architecture, not findings.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ MASK_STEP_COLOR = "#D55E00"
 
 EMPTY_CELL_HATCH = "////"
 EMPTY_CELL_COLOR = "0.85"
-STRUCTURAL_LABEL = "structural zero"
+STRUCTURAL_LABEL = "no task gradient"
 EMPTY_LABEL = "no module"
 
 
