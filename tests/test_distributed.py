@@ -1,4 +1,4 @@
-"""A real two-process run (torchrun, gloo on CPU) with a plain Trainer and AdaLoraBudgetCallback."""
+"""A real two-process run (torchrun and accelerate launch, gloo on CPU) with a plain Trainer and AdaLoraBudgetCallback."""
 
 import json
 import os
@@ -15,13 +15,19 @@ SCRIPT = Path(__file__).with_name("distributed_training.py")
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPT.parent), *sys.path]))
+LAUNCHERS = {  # the README's CPU commands; accelerate's --cpu would start one process, --multi_gpu starts two
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    "accelerate": [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.fixture(scope="module", params=list(LAUNCHERS))
+def two_processes(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"ddp-{request.param}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPT.parent), *sys.path]), OMP_NUM_THREADS="1")
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), str(out),
-         "--steps", str(STEPS)],
+        [*LAUNCHERS[request.param], str(SCRIPT), str(out), "--steps", str(STEPS)],
         env=env, check=True, capture_output=True, timeout=600,
     )
     reports = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
