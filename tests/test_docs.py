@@ -4,6 +4,7 @@ from pathlib import Path
 from qformer_budget.core.schema import COLUMNS
 
 README = Path(__file__).parents[1] / "README.md"
+REPO = README.parent
 
 
 def test_readme_schema_table_matches_the_schema():
@@ -31,3 +32,14 @@ def test_every_benchmark_script_is_documented_and_every_documented_one_exists():
         mentioned = set(re.findall(r"perf/(\w+\.py)", doc.read_text())) - helpers
         assert mentioned <= scripts, (doc.name, mentioned - scripts)
         assert scripts <= mentioned, (doc.name, scripts - mentioned)
+
+
+def test_every_code_block_is_run_or_says_why_not():
+    marker = re.compile(r"<!-- (quick start: runs as written in tests/test_quickstart\.py|run by .+|not run.*:.+) -->")
+    unmarked = []
+    for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        lines = document.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if re.match(r"```[a-z]+$", line) and not (number and marker.fullmatch(lines[number - 1])):
+                unmarked.append(f"{document.name}:{number + 1}")
+    assert not unmarked
