@@ -1,7 +1,9 @@
 """mkdocs hooks: pages whose content comes from the code, so that they cannot drift from it.
 
-Before the build, ``build/api-src/qformer_budget`` is laid out as the installed package is, from the
-``package_dir`` of ``setup.cfg`` (symlinks to the repository's folders), for the API reference to read.
+At startup, before mkdocstrings looks for it, ``build/api-src/qformer_budget`` is laid out as the installed
+package is, from the ``package_dir`` of ``setup.cfg`` (symlinks to the repository's folders), for the API
+reference to read: griffe cannot follow the editable install's mapped folders, and drops a search path that
+does not exist yet when it starts.
 
 - ``index.md``: the README (the user guide), with its links into ``docs/`` made site-relative;
 - ``cli.md``: the ``--help`` of ``qformer-budget`` and of every subcommand;
@@ -20,7 +22,7 @@ README = REPO / "README.md"
 API_SOURCE = REPO / "build" / "api-src"  # mkdocs.yml's mkdocstrings paths
 
 
-def on_pre_build(config, **kwargs) -> None:
+def on_startup(command: str, dirty: bool) -> None:
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
     lines = [line.split("=") for line in setup["options"]["package_dir"].strip().splitlines()]

@@ -2,6 +2,7 @@
 docstrings, every command's --help, the record schema from the code and the notebook executed with its figures."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_the_docs_site_builds_strict_with_every_generated_page(quick_demo, tmp_path):
     site = tmp_path / "site"
+    shutil.rmtree(REPO / "build" / "api-src", ignore_errors=True)  # as on a fresh clone: the build lays it out
     done = subprocess.run(
         [str(Path(sys.executable).with_name("mkdocs")), "build", "--strict", "-d", str(site)], cwd=REPO,
         env=dict(os.environ, QFORMER_BUDGET_RUNS=str(quick_demo)), capture_output=True, text=True, timeout=900,
