@@ -305,6 +305,17 @@ def write_run_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     write_json_atomic(run_dir / RUN_META_FILE, meta)
 
 
+def dotted_items(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested settings dict (``run.json``, a run's ``config.json``) as flat ``a.b`` keys and their values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= dotted_items(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def package_versions() -> dict[str, str]:
     """The versions a run was made with, kept in its run.json and config.json."""
     found = {}

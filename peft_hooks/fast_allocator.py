@@ -18,6 +18,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft.tuners.adalora import AdaLoraModel
@@ -204,18 +205,11 @@ class FusedUpdate:
             torch.compile(update_averages, fullgraph=True, dynamic=True, options=_COMPILE_OPTIONS) if compile else None
         )
 
-    def __call__(
-        self,
-        products: torch.Tensor,
-        average: torch.Tensor,
-        uncertainty: torch.Tensor,
-        scores: torch.Tensor | None,
-        beta1: float,
-        beta2: float,
-    ) -> None:
+    def __call__(self, *arguments: Any) -> None:
+        """:func:`update_averages` (same arguments), compiled, or eagerly a chunk at a time."""
         if self.compiled is not None:
             try:
-                return self.compiled(products, average, uncertainty, scores, beta1, beta2)
+                return self.compiled(*arguments)
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same eager ops
                 warnings.warn(
                     f"FastRankAllocator: torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
@@ -224,11 +218,10 @@ class FusedUpdate:
                     stacklevel=3,
                 )
                 self.compiled = None
-        for start in range(0, products.numel(), self.EAGER_CHUNK):
+        *buffers, beta1, beta2 = arguments
+        for start in range(0, buffers[0].numel(), self.EAGER_CHUNK):
             chunk = slice(start, start + self.EAGER_CHUNK)
-            update_averages(
-                products[chunk], average[chunk], uncertainty[chunk], None if scores is None else scores[chunk], beta1, beta2
-            )
+            update_averages(*(None if buffer is None else buffer[chunk] for buffer in buffers), beta1, beta2)
         return None
 
 

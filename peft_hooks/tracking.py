@@ -11,6 +11,8 @@ import io
 import time
 from typing import TYPE_CHECKING, Any
 
+from qformer_budget.core.run_folder import dotted_items
+
 from .live import LiveViewSink, missing_extra
 
 if TYPE_CHECKING:
@@ -20,15 +22,10 @@ ALLOCATION_STEP = "allocation_step"
 TAG_PREFIXES = ("budget", "rank", "share", "score", "heatmap")
 
 
-def _flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested run description as flat ``a.b`` keys with string values (MLflow params are strings)."""
-    flat = {}
-    for key, value in meta.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif not isinstance(value, list):  # the module list is long and already in run.json
-            flat[f"{prefix}{key}"] = str(value)
-    return flat
+def _mlflow_params(meta: dict[str, Any]) -> dict[str, str]:
+    """The run description as flat ``a.b`` keys with string values (MLflow params are strings); lists are left
+    out (the module list is long and already in run.json)."""
+    return {key: str(value) for key, value in dotted_items(meta).items() if not isinstance(value, list)}
 
 
 def _png(figure: Figure):
@@ -117,7 +114,7 @@ class MlflowSink(LiveViewSink):
             tags = {"benchmark": str(meta.get("benchmark", "")), "seed": str(meta.get("seed", ""))}
             self.run_id = self.client.create_run(experiment_id, run_name=self._title, tags=tags).info.run_id
             self._owns_run = True
-        params = [self._param(f"qformer_budget.{key}", value[:500]) for key, value in _flatten(meta).items()]
+        params = [self._param(f"qformer_budget.{key}", value[:500]) for key, value in _mlflow_params(meta).items()]
         for start in range(0, len(params), self.PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[start : start + self.PARAMS_PER_BATCH])
 

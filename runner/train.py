@@ -26,7 +26,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from qformer_budget.benchmarks import load_benchmark
 from qformer_budget.core.atomic import atomic_write, write_json_atomic
-from qformer_budget.core.run_folder import closing_status, package_versions
+from qformer_budget.core.run_folder import closing_status, dotted_items, package_versions
 from qformer_budget.peft_hooks import AdaLoraBudgetCallback, TrainingPlan
 
 from .collate import InstructBlipCollator
@@ -65,23 +65,13 @@ def config_differences(spec: RunSpec) -> list[str]:
     recorded_file = spec.run_dir / "config.json"
     if not recorded_file.is_file():
         return []
-    recorded = _flat(json.loads(recorded_file.read_text(encoding="utf-8")))
-    current = _flat(json.loads(json.dumps(spec.to_dict())))
+    recorded = dotted_items(json.loads(recorded_file.read_text(encoding="utf-8")))
+    current = dotted_items(json.loads(json.dumps(spec.to_dict())))
     return [
         f"{key}: {recorded.get(key, '(absent)')!r} -> {current.get(key, '(absent)')!r}"
         for key in sorted(recorded.keys() | current.keys())
         if not key.startswith("versions.") and recorded.get(key, "(absent)") != current.get(key, "(absent)")
     ]
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_status(run_dir: Path) -> str | None:
