@@ -193,13 +193,14 @@ def read_run(
 
 
 def load_runs(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
     columns: Sequence[str] | None = None,
     filters: Filters | None = None,
     categorical: bool = False,
     max_workers: int | None = None,
 ) -> pd.DataFrame:
-    """Load one run folder, or every run below a folder, into one tidy DataFrame.
+    """Load one run folder, every run below a folder, or every run below each of a list of folders, into one
+    tidy DataFrame.
 
     Columns: ``run``, the record schema (``benchmark, seed, step, module, layer, block, proj, rank,
     init_r, score, budget`` and more, see ``qformer_budget.core.schema.COLUMNS``) and ``status``.
@@ -217,13 +218,16 @@ def load_runs(
       times less memory and faster grouping and filtering; the metrics of ``qformer_budget.analysis`` accept both;
     - ``max_workers``: threads reading runs side by side (default: one per CPU, at most 8).
     """
-    runs = find_runs(path)
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    runs = sorted({run for each in paths for run in find_runs(each)})
+    if not runs:
+        raise ValueError("load_runs got an empty list of run folders")
     read_columns = _check_columns(columns)
     _check_filters(filters)
     workers = max_workers or min(8, os.cpu_count() or 1, len(runs))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        tables = list(pool.map(lambda run: _read_run_table(run, read_columns, filters, categorical), runs))
-    return _to_pandas(pa.concat_tables(tables), categorical)
+        table = pa.concat_tables(pool.map(lambda run: _read_run_table(run, read_columns, filters, categorical), runs))
+    return _to_pandas(table, categorical)
 
 
 def load_metrics(path: str | os.PathLike) -> pd.DataFrame:

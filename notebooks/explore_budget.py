@@ -33,12 +33,11 @@ from qformer_budget.analysis import (
     load_metrics,
     load_runs,
     rank_pattern_for_lora,
-    rank_trajectories,
     replay_allocation,
     run_summary,
     settle_step,
 )
-from qformer_budget.plotting import plot_rank_heatmap
+from qformer_budget.plotting import explore, plot_rank_heatmap
 from qformer_budget.plotting.figure_data import rank_heatmap_data
 
 RUNS = Path(os.environ.get("QFORMER_BUDGET_RUNS", "../demo-out"))
@@ -95,16 +94,22 @@ for benchmark in benchmarks:
     plt.show()
 
 # %% [markdown]
-# ## When does the allocation settle?
+# ## Step by step: how the allocation moves
+# `explore` shows each benchmark's heatmap with a slider over the recorded steps (rank or importance; the
+# hover gives the module, its rank and score, and the step's budget and threshold), the block shares over
+# training with the AdaLoRA phases, the seed-bootstrap block shares and the metrics table.
+# `explorer.write_html("report.html")` saves the same views as one offline page for a colleague without
+# Python; `qformer-budget report RUNS --out report.html` does it from the shell.
 
 # %%
-trajectories = rank_trajectories(records)
-fig, axes = plt.subplots(1, len(benchmarks), figsize=(4 * len(benchmarks), 3), sharey=True, squeeze=False)
-for ax, benchmark in zip(axes[0], benchmarks):
-    mean = trajectories[trajectories["benchmark"] == benchmark].groupby(["step", "block"])["share"].mean().unstack()
-    mean.plot(ax=ax, title=benchmark, legend=ax is axes[0][0])
-    ax.set_ylabel("share of kept rank")
-plt.show()
+explorer = explore(records)
+explorer
+
+# %% [markdown]
+# ## When does the allocation settle?
+# The step from which each block's share stays within 2 points of its final value (median over seeds).
+
+# %%
 settle_step(records).groupby(["benchmark", "block"])["settle_step"].median().unstack()
 
 # %% [markdown]

@@ -28,7 +28,7 @@ def rank_heatmap_data(records: pd.DataFrame, value: str = "rank") -> pd.DataFram
     rows = last_recorded_step(records.dropna(subset=["layer"]))
     if rows.empty:
         raise ValueError("no Q-Former records to draw: the table has no rows with a layer")
-    cells = rows.assign(column=rows["block"] + "." + rows["proj"]).pivot_table(
+    cells = rows.assign(column=rows["block"].astype(str) + "." + rows["proj"].astype(str)).pivot_table(
         index="layer", columns="column", values=value, aggfunc="mean"
     )
     layers = range(int(rows["layer"].max()) + 1)

@@ -8,7 +8,14 @@ and drawn by a plot function of ``qformer_budget.plotting``; this module only ch
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -16,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from qformer_budget.analysis import NORMALIZATIONS, block_share
-from qformer_budget.analysis.load import load_runs
+from qformer_budget.analysis import NORMALIZATIONS, block_share, last_recorded_step
+from qformer_budget.analysis.load import find_runs, load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
 from qformer_budget.core.layout import method_tag_of
-from qformer_budget.core.schema import COLUMN_NAMES
+from qformer_budget.core.run_folder import read_run_meta
 
 from .distributions import plot_block_share_ci, plot_importance
 from .figure_data import (
@@ -42,8 +50,12 @@ FORMATS = ("png", "pdf")
 # No version string or date in the files, so that reruns write identical bytes.
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 INDEX_FILE = "index.md"
-# Every record column but the per-direction lists, which no figure draws: most of the load time and memory.
-FIGURE_COLUMNS = [name for name in COLUMN_NAMES if not name.startswith("direction_")]
+# The record columns the figures and the explorer draw from; the per-direction lists, which none draws, are
+# most of the load time and memory.
+FIGURE_COLUMNS = [
+    "benchmark", "seed", "step", "phase", "mask_step", "module", "sublayer", "layer", "block", "proj",
+    "in_features", "out_features", "init_r", "rank", "score", "budget", "threshold",
+]
 
 _NORMALIZATION_TEXT = {
     "rank": "share of kept directions (rank)",
@@ -52,39 +64,153 @@ _NORMALIZATION_TEXT = {
 }
 
 
+@dataclass(frozen=True)
+class PlannedFigure:
+    """One figure to draw: its file stem, its section and description in ``index.md``, and the plot call
+    (a plot function of ``qformer_budget.plotting`` with prepared data) that draws it."""
+
+    stem: str
+    section: str
+    description: str
+    plot: Callable[..., Axes | Figure]
+    args: tuple
+    kwargs: dict
+
+
 @dataclass
 class _Index:
-    """Writes figures into ``out_dir`` and keeps what was written (stem, section, description) and what was
-    skipped and why, for ``index.md``."""
+    """The figures to draw, in ``index.md``'s order, and what is not drawn and why."""
 
-    out_dir: Path
-    dpi: int
-    written: list[Path] = field(default_factory=list)
-    entries: list[tuple[str, str, str]] = field(default_factory=list)
+    planned: list[PlannedFigure] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, fig: Figure, stem: str, section: str, description: str) -> None:
-        self.written += save_figure(fig, self.out_dir, stem, self.dpi)
-        self.entries.append((stem, section, description))
+    def plan(self, stem: str, section: str, description: str, plot: Callable[..., Axes | Figure], *args, **kwargs):
+        self.planned.append(PlannedFigure(stem, section, description, plot, args, kwargs))
+
+
+def draw_and_save(figure: PlannedFigure, out_dir: Path, dpi: int) -> list[Path]:
+    """Draw one planned figure in matplotlib's default style and save it (:func:`save_figure`)."""
+    with plt.style.context("default"):
+        drawn = figure.plot(*figure.args, **figure.kwargs)
+        return save_figure(drawn if isinstance(drawn, Figure) else drawn.figure, out_dir, figure.stem, dpi)
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = FIGURE_DPI) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` in ``out_dir`` (fixed dpi and metadata), then close it."""
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` in ``out_dir`` (fixed dpi and metadata), then close it.
+
+    Both formats are cut to one tight bounding box, measured once (``bbox_inches="tight"`` would lay the
+    figure out again for each format).
+    """
     paths = []
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for fmt in FORMATS:
         path = out_dir / f"{stem}.{fmt}"
         with atomic_write(path, "wb") as f:  # a killed rerun leaves the previous figure, never a cut one
-            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=SAVE_METADATA[fmt])
+            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches=bbox, metadata=SAVE_METADATA[fmt])
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+# Two processes draw side by side where there are two CPUs: drawing is most of the time at any size.
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+
+
+class FigureWorker:
+    """A second Python process that draws planned figures beside this one (``python -m
+    qformer_budget.plotting.figure_worker``): a pickled :class:`PlannedFigure` in on its stdin, the written
+    paths (or the error) out on its stdout. A fresh interpreter, not a fork, so that nothing of a caller's
+    script runs again and no thread of this process is copied.
+    """
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(  # Agg: a Jupyter kernel's inline backend means nothing there
+            [sys.executable, "-m", "qformer_budget.plotting.figure_worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=dict(os.environ, MPLBACKEND="Agg"),
+        )
+
+    @classmethod
+    @contextmanager
+    def started(cls, wanted: bool) -> Iterator[FigureWorker | None]:
+        """A worker for the block (None unless ``wanted``), stopped when the block ends, however it ends."""
+        worker = cls() if wanted else None
+        try:
+            yield worker
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    def draw(self, figure: PlannedFigure, out_dir: Path, dpi: int) -> list[Path]:
+        """Have the worker draw and save ``figure``; its error is raised here."""
+        try:
+            pickle.dump((figure, out_dir, dpi), self.process.stdin)
+            self.process.stdin.flush()
+            result = pickle.load(self.process.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError) as error:
+            code = self.process.wait()
+            raise RuntimeError(
+                f"the figure worker process (pid {self.process.pid}) stopped with exit code {code} while "
+                f"drawing {figure.stem}; the figures already written are kept, run the command again"
+            ) from error
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.close()  # the worker ends at the end of its input
+        except BrokenPipeError:  # it has already stopped
+            pass
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+
+def draw_all(figures: list[PlannedFigure], out_dir: Path, dpi: int, worker: FigureWorker | None) -> list[Path]:
+    """Draw and save every figure: this process from the end of the list, the worker (if any) from the start,
+    until they meet. Returns the written paths in the figures' order."""
+    pending = deque(figures)
+    written: dict[str, list[Path]] = {}
+    worker_errors: list[BaseException] = []
+
+    def feed_worker() -> None:
+        try:
+            while True:
+                try:
+                    figure = pending.popleft()
+                except IndexError:
+                    return
+                written[figure.stem] = worker.draw(figure, out_dir, dpi)
+        except BaseException as error:  # noqa: BLE001 - raised in the calling thread below
+            worker_errors.append(error)
+
+    feeder = threading.Thread(target=feed_worker, name="figure-worker-feed") if worker is not None else None
+    if feeder is not None:
+        feeder.start()
+    try:
+        while True:
+            try:
+                figure = pending.pop()
+            except IndexError:
+                break
+            written[figure.stem] = draw_and_save(figure, out_dir, dpi)
+    finally:
+        if feeder is not None:
+            pending.clear()  # after an error here, the worker takes no new figure
+            feeder.join()
+    if worker_errors:
+        raise worker_errors[0]
+    return [path for figure in figures for path in written[figure.stem]]
 
 
 def _file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
 
 
-def _select_runs(records: pd.DataFrame, method: str | None) -> pd.DataFrame:
+def select_runs(records: pd.DataFrame, method: str | None) -> pd.DataFrame:
     """The records of one configuration: ``method`` (the runs' parent folder name) if given, checked unique."""
     if method is not None:
         methods = records["run"].map(method_tag_of)
@@ -102,6 +228,56 @@ def _select_runs(records: pd.DataFrame, method: str | None) -> pd.DataFrame:
     return records
 
 
+@dataclass
+class _FigureData:
+    """What the figures draw, prepared one benchmark at a time so that a study's records are never all in
+    memory: each run's last recorded step, each run's last step with scores, and the per-step tables."""
+
+    finals: pd.DataFrame
+    scored: pd.DataFrame
+    trajectories: pd.DataFrame
+    schedules: pd.DataFrame
+    phases: pd.DataFrame
+
+
+def _runs_by_benchmark(runs_dir: str | os.PathLike, method: str | None) -> dict[str, list[str]]:
+    """The run folders below ``runs_dir`` per benchmark (from each ``run.json``), one configuration only."""
+    runs = pd.DataFrame(
+        [(str(run), *(read_run_meta(run).get(key) for key in ("benchmark", "seed"))) for run in find_runs(runs_dir)],
+        columns=["run", "benchmark", "seed"],
+    )
+    runs = select_runs(runs, method)
+    return {str(benchmark): list(rows["run"]) for benchmark, rows in runs.groupby("benchmark", sort=True)}
+
+
+def _prepare(runs_dir: str | os.PathLike, method: str | None) -> _FigureData:
+    pieces: dict[str, list[pd.DataFrame]] = {name: [] for name in _FigureData.__dataclass_fields__}
+    for runs in _runs_by_benchmark(runs_dir, method).values():
+        records = load_runs(runs, columns=FIGURE_COLUMNS, categorical=True)
+        pieces["finals"].append(last_recorded_step(records))
+        pieces["scored"].append(_last_scored_step(records))
+        pieces["trajectories"].append(trajectory_data(records, value="share", normalize="rank"))
+        pieces["schedules"].append(budget_schedule_data(records))
+        pieces["phases"].append(phase_spans(records))
+        del records
+    # Labels become plain strings: each benchmark's categoricals have their own categories.
+    return _FigureData(**{
+        name: pd.concat(frames, ignore_index=True).pipe(_plain_labels) for name, frames in pieces.items()
+    })
+
+
+def _last_scored_step(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last step with scores (peft clears them in the final phase), copying no more."""
+    scored = records["score"].notna()
+    last = records.loc[scored, "step"].groupby(records.loc[scored, "run"], observed=True).max()
+    return records[scored & (records["step"] == records["run"].map(last).astype("float64"))]
+
+
+def _plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    labels = frame.select_dtypes("category").columns
+    return frame.astype({name: str for name in labels})
+
+
 def _seeds_text(rows: pd.DataFrame) -> str:
     n = rows["seed"].nunique()
     return f"{n} seed" if n == 1 else f"mean of {n} seeds"
@@ -114,6 +290,7 @@ def regenerate_figures(
     method: str | None = None,
     dpi: int = FIGURE_DPI,
     n_boot: int = 2000,
+    workers: int = DEFAULT_WORKERS,
 ) -> list[Path]:
     """Load the runs below ``runs_dir``, write every figure into ``out_dir`` as PNG and PDF, and ``index.md``.
 
@@ -128,91 +305,80 @@ def regenerate_figures(
     Reruns on the same records give byte-identical files: matplotlib's default style (not the user's
     matplotlibrc), fixed ``dpi``, no date or version in the metadata, a fixed bootstrap and jitter seed.
     ``method`` selects one configuration (the run folders' parent name, e.g. ``adalora-all_linear-r12to4``)
-    when ``runs_dir`` holds several. Returns the written paths, ``index.md`` last.
+    when ``runs_dir`` holds several. ``workers=2`` (the default with two or more CPUs) draws in a second
+    process beside this one (:class:`FigureWorker`); the files are the same bytes. Returns the written
+    paths, ``index.md`` last.
     """
-    records = _select_runs(load_runs(runs_dir, columns=FIGURE_COLUMNS), method)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = _Index(out_dir, dpi)
-    tables = heatmap_tables(records)
-    with plt.style.context("default"):
-        _per_benchmark_figures(records, tables, index)
-        _cross_benchmark_figures(records, tables, index, n_boot)
+    with FigureWorker.started(workers > 1) as worker:  # it imports while this process loads the records
+        data = _prepare(runs_dir, method)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        index = _Index()
+        tables = heatmap_tables(data.finals)
+        _per_benchmark_figures(data, tables, index)
+        _cross_benchmark_figures(data, tables, index, n_boot)
+        written = draw_all(index.planned, out_dir, dpi, worker)
     index_path = out_dir / INDEX_FILE
-    write_text_atomic(index_path, _index_text(records, runs_dir, out_dir, index))
-    return [*index.written, index_path]
+    write_text_atomic(index_path, _index_text(data.finals, runs_dir, out_dir, index))
+    return [*written, index_path]
 
 
-def _per_benchmark_figures(records: pd.DataFrame, tables: dict[str, pd.DataFrame], index: _Index) -> None:
+def _per_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame], index: _Index) -> None:
     vmax = max(float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()) or 1.0
-    phases = phase_spans(records)
-    trajectories = trajectory_data(records, value="share", normalize="rank")
-    schedules = budget_schedule_data(records)
+    phases, trajectories, schedules = data.phases, data.trajectories, data.schedules
     for benchmark, table in tables.items():
-        rows = records[records["benchmark"] == benchmark]
+        rows = data.finals[data.finals["benchmark"] == benchmark]
         part = _file_part(benchmark)
         seeds = _seeds_text(rows)
 
-        ax = plot_rank_heatmap(
-            table, vmax=vmax, title=f"{benchmark}: final AdaLoRA rank per Q-Former sublayer ({seeds})"
-        )
-        index.add(
-            ax.figure, f"rank_heatmap_{part}", "Per benchmark",
+        index.plan(
+            f"rank_heatmap_{part}", "Per benchmark",
             f"Final kept rank of every Q-Former sublayer on {benchmark} ({seeds}), layer by sublayer, on "
             "the colour scale shared by all benchmarks; hatched cells have no module, the outlined text FFN "
             "of the last layer gets no task gradient (its output never reaches the LLM).",
+            plot_rank_heatmap, table, vmax=vmax,
+            title=f"{benchmark}: final AdaLoRA rank per Q-Former sublayer ({seeds})",
         )
-
-        ax = plot_rank_trajectories(
-            trajectories[trajectories["benchmark"] == benchmark], phases,
+        index.plan(
+            f"rank_trajectory_{part}", "Per benchmark",
+            f"Each block's share of the kept rank over the optimizer steps on {benchmark}, one thin line per "
+            "seed and a thick mean, with the warmup, budgeting and final phases shaded.",
+            plot_rank_trajectories, trajectories[trajectories["benchmark"] == benchmark], phases,
             title=f"{benchmark}: share of kept rank per block over training",
             ylabel="share of kept rank\n(last text FFN, no task gradient, excluded)",
         )
-        index.add(
-            ax.figure, f"rank_trajectory_{part}", "Per benchmark",
-            f"Each block's share of the kept rank over the optimizer steps on {benchmark}, one thin line per "
-            "seed and a thick mean, with the warmup, budgeting and final phases shaded.",
-        )
-
-        ax = plot_budget_schedule(
-            schedules[schedules["benchmark"] == benchmark], phases,
-            title=f"{benchmark}: rank budget and kept total rank",
-        )
-        index.add(
-            ax.figure, f"budget_schedule_{part}", "Per benchmark",
+        index.plan(
+            f"budget_schedule_{part}", "Per benchmark",
             f"The total rank budget of AdaLoRA's schedule and the total rank each run of {benchmark} kept, "
             "over the optimizer steps, with the mask steps marked and the phases shaded.",
+            plot_budget_schedule, schedules[schedules["benchmark"] == benchmark], phases,
+            title=f"{benchmark}: rank budget and kept total rank",
         )
 
 
-def _cross_benchmark_figures(
-    records: pd.DataFrame, tables: dict[str, pd.DataFrame], index: _Index, n_boot: int
-) -> None:
+def _cross_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame], index: _Index, n_boot: int) -> None:
+    records = data.finals  # block shares and seeds need only each run's last step
     benchmarks = list(tables)
     section = "Across benchmarks"
 
     if len(benchmarks) > 1:
-        fig = plot_heatmap_grid(
+        index.plan(
+            "rank_heatmap_grid", section,
+            "The final-rank heatmaps of all benchmarks side by side on one colour scale.",
+            plot_heatmap_grid,
             {f"{b} ({_seeds_text(records[records['benchmark'] == b])})": t for b, t in tables.items()},
             title="Final AdaLoRA rank per Q-Former sublayer",
-        )
-        index.add(
-            fig, "rank_heatmap_grid", section,
-            "The final-rank heatmaps of all benchmarks side by side on one colour scale.",
         )
         pairs = list(combinations(benchmarks, 2))
         differences = {pair: rank_difference_data(records, *pair) for pair in pairs}
         vmax = max(float(d.abs().max().max()) for d in differences.values()) or 1.0
         for (a, b), table in differences.items():
-            ax = plot_rank_difference(
-                table, vmax=vmax, label=f"rank difference ({a} \u2212 {b})",
-                title=f"Final rank: {a} minus {b} (means over seeds)",
-            )
-            stem = f"rank_difference_{_file_part(a)}_minus_{_file_part(b)}"
-            index.add(
-                ax.figure, stem, section,
+            index.plan(
+                f"rank_difference_{_file_part(a)}_minus_{_file_part(b)}", section,
                 f"Final kept rank of {a} minus that of {b} per sublayer (each the mean over its seeds), red "
                 f"where {a} keeps more, on a diverging scale centred at 0 shared by all pairs.",
+                plot_rank_difference, table, vmax=vmax, label=f"rank difference ({a} \u2212 {b})",
+                title=f"Final rank: {a} minus {b} (means over seeds)",
             )
     else:
         index.skipped.append((
@@ -220,18 +386,18 @@ def _cross_benchmark_figures(
             f"need 2 or more benchmarks; these runs have only {benchmarks[0]}",
         ))
 
-    importance = importance_data(records)
+    importance = importance_data(data.scored)
     if importance.empty:
         index.skipped.append(("importance_by_block", "no recorded step has importance scores"))
     else:
         steps = sorted(importance["step"].unique())
         where = f"step {steps[0]}" if len(steps) == 1 else "each run's last step with scores"
-        ax = plot_importance(importance, title=f"Module importance scores at {where}")
-        index.add(
-            ax.figure, "importance_by_block", section,
+        index.plan(
+            "importance_by_block", section,
             f"Distribution of the AdaLoRA importance scores of the modules of each block and benchmark at "
             f"{where} (the last before peft clears them), on a log scale, every seed's modules pooled, the "
             "structural text FFN drawn apart as crosses.",
+            plot_importance, importance, title=f"Module importance scores at {where}",
         )
 
     one_seed = records.groupby("benchmark")["seed"].nunique().max() < 2
@@ -241,22 +407,20 @@ def _cross_benchmark_figures(
             "need 2 or more seeds per benchmark; the bars show the single seed's shares",
         ))
     for normalize in NORMALIZATIONS:
-        data = block_share_ci_data(records, normalize=normalize, n_boot=n_boot)
+        intervals = block_share_ci_data(records, normalize=normalize, n_boot=n_boot)
         seeds = block_share(records, "final", normalize)
-        low, high = int(data["n_seeds"].min()), int(data["n_seeds"].max())
+        low, high = int(intervals["n_seeds"].min()), int(intervals["n_seeds"].max())
         n_seeds = f"{low}" if low == high else f"{low}-{high}"
         ci_text = "no interval: 1 seed" if one_seed else f"95% seed-bootstrap CI over {n_seeds} seeds"
-        ax = plot_block_share_ci(
-            data, seeds, ylabel=f"{_NORMALIZATION_TEXT[normalize]}\n(last text FFN, no task gradient, excluded)",
-            title=f"Final block shares, {normalize} normalisation ({ci_text})",
-        )
-        stem = f"block_share_ci_{normalize}"
-        index.add(
-            ax.figure, stem, section,
+        index.plan(
+            f"block_share_ci_{normalize}", section,
             f"Each block's final {_NORMALIZATION_TEXT[normalize]} per benchmark, mean over seeds with "
             + ("each seed as a dot (one seed: no confidence interval can be drawn)" if one_seed else
                "a 95% seed-bootstrap confidence interval and each seed as a dot")
             + ", the structural text FFN left out.",
+            plot_block_share_ci, intervals, seeds,
+            ylabel=f"{_NORMALIZATION_TEXT[normalize]}\n(last text FFN, no task gradient, excluded)",
+            title=f"Final block shares, {normalize} normalisation ({ci_text})",
         )
 
 
@@ -293,12 +457,12 @@ def _index_text(records: pd.DataFrame, runs_dir, out_dir: Path, index: _Index) -
         lines += [
             f"- `{_relative(run, runs_dir)}`: {status}" for run, status in unfinished.itertuples(index=False)
         ]
-    for section in dict.fromkeys(section for _, section, _ in index.entries):
+    for section in dict.fromkeys(figure.section for figure in index.planned):
         lines += ["", f"## {section}", ""]
-        for stem, entry_section, description in index.entries:
-            if entry_section == section:
-                links = " · ".join(f"[`{stem}.{fmt}`]({stem}.{fmt})" for fmt in FORMATS)
-                lines.append(f"- {links}: {description}")
+        for figure in index.planned:
+            if figure.section == section:
+                links = " · ".join(f"[`{figure.stem}.{fmt}`]({figure.stem}.{fmt})" for fmt in FORMATS)
+                lines.append(f"- {links}: {figure.description}")
     if index.skipped:
         lines += ["", "## Not drawn", ""]
         lines += [f"- {what}: {why}." for what, why in index.skipped]

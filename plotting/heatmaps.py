@@ -1,10 +1,14 @@
-"""Layer x sublayer heatmaps: ranks or importance, side by side per benchmark, and differences."""
+"""Layer x sublayer heatmaps: ranks or importance, side by side per benchmark, and differences.
+
+seaborn's ``heatmap`` colours, masks and annotates the cells (cell centres at ``i + 0.5``); on top of it go
+the hatched background of empty cells, the structural outlines, the block separators and names, the legend.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib import colors as mcolors
+import seaborn as sns
 from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -18,11 +22,19 @@ from .style import EMPTY_CELL_COLOR, EMPTY_CELL_HATCH, EMPTY_LABEL, STRUCTURAL_L
 
 
 def _structural_mask(table: pd.DataFrame, structural: pd.DataFrame | bool) -> np.ndarray:
+    """The structural cells of ``table`` as a bool array; a cell with no module (NaN) is never structural."""
     if structural is True:
         structural = structural_cells(table)
     if structural is False or structural is None:
         return np.zeros(table.shape, dtype=bool)
-    return structural.reindex(index=table.index, columns=table.columns, fill_value=False).to_numpy(dtype=bool)
+    mask = structural.reindex(index=table.index, columns=table.columns, fill_value=False).to_numpy(dtype=bool)
+    return mask & table.notna().to_numpy()
+
+
+def _scale_top(values: np.ndarray) -> float:
+    """The end of a colour scale: the largest finite value, or 1 when there is none above 0."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
 def _format_cell(value: float, signed: bool) -> str:
@@ -41,97 +53,74 @@ def _structural_handle():
     )
 
 
-def _cell_legend_handles(any_structural: bool) -> tuple[list, list[str]]:
+# Under the colour bar, the legend needs no room of its own (``bbox_inches="tight"``, layout engines alike).
+_UNDER_COLORBAR = {"loc": "upper left", "bbox_to_anchor": (-0.3, -0.03), "borderaxespad": 0}
+
+
+def _cell_legend(ax: Axes, any_structural: bool, placement: dict) -> None:
+    """The cell legend (``no module``, ``no task gradient`` if any) on ``ax``, placed by ``placement``."""
     handles: list = [Patch(facecolor=EMPTY_CELL_COLOR, hatch=EMPTY_CELL_HATCH, edgecolor="0.6")]
     labels = [EMPTY_LABEL]
     if any_structural:
         handles.append(_structural_handle())
         labels.append(STRUCTURAL_LABEL)
-    return handles, labels
+    ax.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=1)}, fontsize=7, frameon=False,
+              **placement)
 
 
-def _draw_cells(
-    ax: Axes,
-    table: pd.DataFrame,
-    *,
-    cmap,
-    norm: mcolors.Normalize,
-    structural: np.ndarray,
-    signed: bool,
-    ylabels: bool,
-    fontsize: float,
-    separator: str = "white",
-):
-    """The shared layer x sublayer drawing: hatched background, cells, annotations, ticks, block labels."""
-    values = table.to_numpy(dtype=float)
-    n_rows, n_cols = values.shape
-    ax.add_patch(
-        Rectangle(
-            (-0.5, -0.5), n_cols, n_rows, facecolor=EMPTY_CELL_COLOR, hatch=EMPTY_CELL_HATCH,
-            edgecolor="0.6", linewidth=0, zorder=0,
-        )
+def _draw_cells(ax: Axes, table: pd.DataFrame, *, structural: np.ndarray, signed: bool, ylabels: bool,
+                fontsize: float, separator: str = "white", **heatmap_kws) -> None:
+    """The shared layer x sublayer drawing: ``sns.heatmap`` (``heatmap_kws``: scale, colour map, colour bar)
+    over a hatched background, then the structural outlines, the tick labels and the blocks."""
+    n_rows, n_cols = table.shape
+    ax.add_patch(Rectangle((0, 0), n_cols, n_rows, facecolor=EMPTY_CELL_COLOR, hatch=EMPTY_CELL_HATCH,
+                           edgecolor="0.6", linewidth=0, zorder=0))
+    sns.heatmap(
+        table, mask=table.isna(), annot=table.map(lambda value: _format_cell(value, signed)), fmt="",
+        annot_kws={"fontsize": fontsize}, xticklabels=[str(c).split(".", 1)[-1] for c in table.columns],
+        yticklabels=[f"L{int(layer):02d}" for layer in table.index] if ylabels else False, ax=ax,
+        **heatmap_kws,
     )
-    cmap = plt.get_cmap(cmap)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto", zorder=1)
-    for (row, col), value in np.ndenumerate(values):
-        if not np.isfinite(value):
-            continue
-        red, green, blue, _ = cmap(norm(value))
-        dark_cell = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-        ax.text(
-            col, row, _format_cell(value, signed), ha="center", va="center", fontsize=fontsize,
-            color="white" if dark_cell else "black", style="italic" if structural[row, col] else "normal",
-            zorder=3,
-        )
-    for row, col in zip(*np.nonzero(structural & np.isfinite(values)), strict=True):
-        black, white = _structural_handle()
-        for outline in (black, white):
-            ax.add_patch(
-                Rectangle(
-                    (col - 0.44, row - 0.44), 0.88, 0.88, facecolor="none", edgecolor=outline.get_edgecolor(),
-                    linewidth=outline.get_linewidth(), linestyle=outline.get_linestyle(), zorder=4,
-                    gid="structural",
-                )
-            )
-    ax.set_xticks(range(n_cols), [str(c).split(".", 1)[-1] for c in table.columns], rotation=60, ha="right",
-                  fontsize=8)
-    layer_labels = [f"L{int(layer):02d}" for layer in table.index] if ylabels else []
-    ax.set_yticks(range(n_rows), layer_labels, fontsize=8)
-    if not ylabels:
-        ax.tick_params(axis="y", length=0)
-    starts = np.cumsum([0] + [len(BLOCK_PROJS[b]) for b in BLOCKS])
+    for text in ax.texts:  # seaborn writes each value at its cell's centre
+        col, row = (int(coordinate) for coordinate in text.get_position())
+        if structural[row, col]:
+            text.set_style("italic")
+    for row, col in zip(*np.nonzero(structural), strict=True):
+        for outline in _structural_handle():
+            ax.add_patch(Rectangle((col + 0.06, row + 0.06), 0.88, 0.88, facecolor="none", zorder=4,
+                                   edgecolor=outline.get_edgecolor(), linewidth=outline.get_linewidth(),
+                                   linestyle=outline.get_linestyle(), gid="structural"))
+    plt.setp(ax.get_xticklabels(), rotation=60, ha="right", fontsize=8)
+    plt.setp(ax.get_yticklabels(), rotation=0, fontsize=8)
+    ax.set(xlabel="", ylabel="Q-Former layer" if ylabels else "")
     if tuple(table.columns) == tuple(f"{b}.{p}" for b in BLOCKS for p in BLOCK_PROJS[b]):
+        starts = np.cumsum([0] + [len(BLOCK_PROJS[b]) for b in BLOCKS])
         for edge in starts[1:-1]:
-            ax.axvline(edge - 0.5, color=separator, linewidth=2 if separator == "white" else 1.2, zorder=2)
+            ax.axvline(edge, color=separator, linewidth=2 if separator == "white" else 1.2, zorder=2)
         blocks_axis = ax.secondary_xaxis("top")
-        blocks_axis.set_xticks((starts[:-1] + starts[1:]) / 2 - 0.5, BLOCKS, fontsize=8, fontweight="bold")
+        blocks_axis.set_xticks((starts[:-1] + starts[1:]) / 2, BLOCKS, fontsize=8, fontweight="bold")
         blocks_axis.tick_params(length=0)
-    ax.set_xlim(-0.5, n_cols - 0.5)
-    ax.set_ylim(n_rows - 0.5, -0.5)
-    if ylabels:
-        ax.set_ylabel("Q-Former layer")
-    return image
+        blocks_axis.spines["top"].set_visible(False)
 
 
-def _colorbar_and_legend(ax: Axes, image, label: str, legend: tuple[list, list[str]] | None, colorbar: bool):
-    """The colour bar right of ``ax``, the cell legend under it (or right of ``ax`` without a colour bar).
-
-    Under the colour bar, the legend needs no room of its own, with ``bbox_inches="tight"`` and with a
-    constrained layout alike.
-    """
-    kwargs = {"handler_map": {tuple: HandlerTuple(ndivide=1)}, "fontsize": 7, "frameon": False}
-    if colorbar:
-        bar = ax.figure.colorbar(
-            image, ax=ax, label=label, fraction=0.04, pad=0.02, shrink=0.8, anchor=(0.0, 1.0)
-        )
-        if legend:
-            bar.ax.legend(*legend, loc="upper left", bbox_to_anchor=(-0.3, -0.03), borderaxespad=0, **kwargs)
+def _single_heatmap(table: pd.DataFrame, ax: Axes | None, *, structural: pd.DataFrame | bool,
+                    title: str | None, colorbar: bool, legend: bool, label: str, **cells_kws) -> Axes:
+    """One heatmap on ``ax`` (or a new figure) with its colour bar right of it and the legend under that."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.0, 0.42 * len(table) + 1.6))
+    mask = _structural_mask(table, structural)
+    _draw_cells(
+        ax, table, structural=mask, fontsize=7, cbar=colorbar,
+        cbar_kws={"label": label, "fraction": 0.04, "pad": 0.02, "shrink": 0.8, "anchor": (0.0, 1.0)},
+        **cells_kws,
+    )
+    if legend and colorbar:  # the colour bar of the mesh seaborn just drew
+        _cell_legend(ax.collections[-1].colorbar.ax, bool(mask.any()), _UNDER_COLORBAR)
     elif legend:
-        ax.legend(*legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), **kwargs)
-
-
-def _heatmap_figsize(table: pd.DataFrame) -> tuple[float, float]:
-    return 8.0, 0.42 * len(table) + 1.6
+        _cell_legend(ax, bool(mask.any()), {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)})
+    if title:
+        ax.set_title(title)
+    return ax
 
 
 def plot_rank_heatmap(
@@ -147,31 +136,21 @@ def plot_rank_heatmap(
     label: str = "rank",
     cmap: str = "viridis",
 ) -> Axes:
-    """Draw a layer x sublayer table (from ``rank_heatmap_data``) as an annotated heatmap.
+    """Draw a layer x sublayer table (from ``rank_heatmap_data``) as an annotated ``sns.heatmap``.
 
-    Cells with no module (NaN) are hatched grey, so they cannot be mistaken for rank 0. Structural cells
-    get a black-and-white dotted outline (two patches with ``gid="structural"``), italic values and the
-    legend entry ``no task gradient``: ``structural=True`` marks ``qformer_budget.plotting.figure_data.structural_cells(table)``,
-    a bool DataFrame marks its True cells, False marks none. The colour bar is right of the heatmap,
-    the legend (``no module``, ``no task gradient``) under the colour bar.
-    The colour scale runs from 0 to ``vmax`` (default: the table's maximum); ``colorbar`` and ``legend``
-    can be left out when the caller draws shared ones (see :func:`plot_heatmap_grid`).
+    Cells with no module (NaN) are masked over a hatched grey background, so they cannot be mistaken for
+    rank 0. Structural cells get a black-and-white dotted outline (two patches with ``gid="structural"``),
+    italic values and the legend entry ``no task gradient``: ``structural=True`` marks
+    ``qformer_budget.plotting.figure_data.structural_cells(table)``, a bool DataFrame marks its True cells,
+    False marks none. The colour bar is right of the heatmap, the legend (``no module``, ``no task gradient``)
+    under the colour bar. The colour scale runs from 0 to ``vmax`` (default: the table's maximum);
+    ``colorbar`` and ``legend`` can be left out when the caller draws shared ones.
     """
-    if ax is None:
-        _, ax = plt.subplots(figsize=_heatmap_figsize(table))
-    values = table.to_numpy(dtype=float)
-    finite = values[np.isfinite(values)]
-    top = vmax if vmax is not None else (finite.max() if finite.size and finite.max() > 0 else 1)
-    mask = _structural_mask(table, structural)
-    image = _draw_cells(
-        ax, table, cmap=cmap, norm=mcolors.Normalize(0, top), structural=mask, signed=False, ylabels=ylabels,
-        fontsize=7,
+    top = vmax if vmax is not None else _scale_top(table.to_numpy(dtype=float))
+    return _single_heatmap(
+        table, ax, structural=structural, title=title, colorbar=colorbar, legend=legend, label=label,
+        vmin=0, vmax=top, cmap=cmap, signed=False, ylabels=ylabels,
     )
-    handles, labels = _cell_legend_handles(bool((mask & np.isfinite(values)).any()))
-    _colorbar_and_legend(ax, image, label, (handles, labels) if legend else None, colorbar)
-    if title:
-        ax.set_title(title)
-    return ax
 
 
 def plot_heatmap_grid(
@@ -184,50 +163,56 @@ def plot_heatmap_grid(
     label: str = "rank",
     cmap: str = "viridis",
 ) -> Figure:
-    """Small multiples: one :func:`plot_rank_heatmap` panel per table (e.g. per benchmark), side by side.
+    """Small multiples: one heatmap panel per table (e.g. per benchmark) on a ``sns.FacetGrid``.
 
-    ``tables`` maps a panel title to a layer x sublayer table (``qformer_budget.plotting.figure_data.heatmap_tables``). All
-    panels share one colour scale (0 to ``vmax``, default the largest value of any table), one colour bar
-    and one legend. Returns the Figure; its heatmap Axes are ``figure.axes[:len(tables)]`` in the order of
-    ``tables`` (the colour bar and block-label axes follow).
+    ``tables`` maps a panel title to a layer x sublayer table
+    (``qformer_budget.plotting.figure_data.heatmap_tables``); the panels show the rows and columns of all
+    tables, in order of appearance, ``ncols`` per row. All panels share one colour scale (0 to ``vmax``,
+    default the largest value of any table), one colour bar right of the first row with the legend under
+    it, and only the first column names the layers. Returns the FacetGrid's Figure; its heatmap Axes are
+    ``figure.axes`` in the order of ``tables``.
     """
     if not tables:
         raise ValueError("no tables to draw")
     names = list(tables)
-    ncols = ncols or len(names)
-    nrows = -(-len(names) // ncols)
-    finite = [t.to_numpy(dtype=float) for t in tables.values()]
-    finite = np.concatenate([v[np.isfinite(v)] for v in finite])
-    top = vmax if vmax is not None else (finite.max() if finite.size and finite.max() > 0 else 1)
-    n_layers = max(len(t) for t in tables.values())
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.9 * ncols + 1.4, (0.3 * n_layers + 1.7) * nrows + (0.5 if title else 0)),
-        squeeze=False, layout="constrained",
+    ncols = min(ncols or len(names), len(names))
+    tidy = pd.concat(
+        [
+            pd.MultiIndex.from_product([table.index, table.columns], names=["layer", "sublayer"])
+            .to_frame(index=False)
+            .assign(panel=name, value=table.to_numpy(dtype=float).ravel(),
+                    structural=_structural_mask(table, structural).ravel())
+            for name, table in tables.items()
+        ],
+        ignore_index=True,
     )
-    any_structural = False
-    image = None
-    for i, ax in enumerate(axes.flat):
-        if i >= len(names):
-            ax.set_visible(False)
-            continue
-        table = tables[names[i]]
-        mask = _structural_mask(table, structural)
-        any_structural |= bool((mask & np.isfinite(table.to_numpy(dtype=float))).any())
-        image = _draw_cells(
-            ax, table, cmap=cmap, norm=mcolors.Normalize(0, top), structural=mask, signed=False,
-            ylabels=i % ncols == 0, fontsize=6,
+    layers, sublayers = tidy["layer"].unique(), tidy["sublayer"].unique()
+    top = vmax if vmax is not None else _scale_top(tidy["value"].to_numpy())
+    height = 0.3 * len(layers) + 1.7
+    grid = sns.FacetGrid(
+        tidy, col="panel", col_order=names, col_wrap=ncols, height=height,
+        aspect=(3.9 + 1.4 / ncols) / height, sharex=False, sharey=False,
+    )
+    # A child of the first row's last panel, so that FacetGrid's tight layout makes room for it.
+    cbar_ax = grid.axes[ncols - 1].inset_axes((1.04, 0.2, 0.05, 0.8))
+
+    def draw_panel(data: pd.DataFrame, color) -> None:  # FacetGrid passes a color: the colour map is used
+        i = names.index(data["panel"].iloc[0])
+        cells = data.pivot(index="layer", columns="sublayer", values="value")
+        cells = cells.reindex(index=layers, columns=sublayers)
+        mask = data.pivot(index="layer", columns="sublayer", values="structural")
+        _draw_cells(
+            plt.gca(), cells, structural=_structural_mask(cells, mask), signed=False, ylabels=i % ncols == 0,
+            fontsize=6, vmin=0, vmax=top, cmap=cmap, cbar=i == 0, cbar_ax=cbar_ax, cbar_kws={"label": label},
         )
-        ax.set_title(names[i], fontsize=10)
-    visible = [ax for ax in axes.flat[: len(names)]]
-    fig.colorbar(image, ax=visible, label=label, fraction=0.04 / ncols * 2, pad=0.01, aspect=30)
-    handles, labels = _cell_legend_handles(any_structural)
-    fig.legend(
-        handles, labels, handler_map={tuple: HandlerTuple(ndivide=1)}, loc="outside lower center",
-        ncols=len(labels), fontsize=8, frameon=False,
-    )
+
+    grid.map_dataframe(draw_panel)
+    grid.set_titles("{col_name}", size=10)
+    _cell_legend(cbar_ax, bool(tidy["structural"].any()), _UNDER_COLORBAR)
     if title:
-        fig.suptitle(title)
-    return fig
+        grid.figure.suptitle(title)
+    grid.tight_layout()
+    return grid.figure
 
 
 def plot_rank_difference(
@@ -247,18 +232,8 @@ def plot_rank_difference(
     cells are hatched and structural cells outlined as in :func:`plot_rank_heatmap`; values are annotated
     with their sign.
     """
-    if ax is None:
-        _, ax = plt.subplots(figsize=_heatmap_figsize(table))
-    values = table.to_numpy(dtype=float)
-    finite = np.abs(values[np.isfinite(values)])
-    top = vmax if vmax is not None else (finite.max() if finite.size and finite.max() > 0 else 1)
-    mask = _structural_mask(table, structural)
-    image = _draw_cells(
-        ax, table, cmap=cmap, norm=mcolors.Normalize(-top, top), structural=mask, signed=True, ylabels=True,
-        fontsize=7, separator="0.25",
+    top = vmax if vmax is not None else _scale_top(np.abs(table.to_numpy(dtype=float)))
+    return _single_heatmap(
+        table, ax, structural=structural, title=title, colorbar=True, legend=True, label=label,
+        vmin=-top, vmax=top, cmap=cmap, signed=True, ylabels=True, separator="0.25",
     )
-    handles, labels = _cell_legend_handles(bool((mask & np.isfinite(values)).any()))
-    _colorbar_and_legend(ax, image, label, (handles, labels), True)
-    if title:
-        ax.set_title(title)
-    return ax

@@ -1,6 +1,8 @@
 """What every plot shares. Each plot function takes data prepared by ``plotting.figure_data`` and ``ax=None``
 and returns the Axes it drew on (``plot_heatmap_grid`` draws several and returns its Figure). Conventions:
 
+- seaborn draws (heatmap, lineplot, boxplot, stripplot, barplot, FacetGrid), our styling goes on top; no
+  seaborn theme is ever set, so matplotlib's style (``figures`` uses the default one) stays the caller's;
 - one colour per block, :data:`BLOCK_COLORS` (Okabe-Ito, colour-blind safe), in the grammar's block order;
 - labels are the naming grammar's (``self_attn``, ``L03``, ``cross_attn.value``);
 - a layer x sublayer cell with no module (NaN: odd layers' cross-attention) is hatched grey, never a colour

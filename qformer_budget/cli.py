@@ -1,4 +1,4 @@
-"""The ``qformer-budget`` command: ``demo``, ``run``, ``rehearse``, ``status``, ``params``, ``figures``."""
+"""The ``qformer-budget`` command: ``demo``, ``run``, ``rehearse``, ``status``, ``params``, ``figures``, ``report``."""
 
 from __future__ import annotations
 
@@ -122,6 +122,14 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from qformer_budget.plotting.explorer import write_report
+
+    path = write_report(args.runs_dir, args.out, method=args.method)
+    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline in any browser)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qformer-budget", description="Record where AdaLoRA puts its rank budget in the Q-Former."
@@ -197,11 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     figures.add_argument("runs_dir", help="a run folder or a folder of runs (e.g. a sweep's out)")
     figures.add_argument("--out", default=None, help="write the figures here (default: RUNS_DIR/figures)")
-    figures.add_argument(
-        "--method", default=None,
-        help="the configuration to draw when RUNS_DIR holds several (the run folders' parent name)",
-    )
+    figures_method_help = "the configuration to draw when RUNS_DIR holds several (the run folders' parent name)"
+    figures.add_argument("--method", default=None, help=figures_method_help)
     figures.set_defaults(handler=_figures)
+
+    report = commands.add_parser(
+        "report", help="the interactive explorer of recorded runs as one self-contained, offline HTML file"
+    )
+    report.add_argument("runs_dir", help="a run folder or a folder of runs (e.g. a sweep's out)")
+    report.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("--method", default=None, help=figures_method_help)
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -11,9 +11,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from qformer_budget.analysis import load_runs
 from qformer_budget.cli import main
 from qformer_budget.core.records import StepRecord
-from qformer_budget.plotting.figures import regenerate_figures
+from qformer_budget.plotting import plot_heatmap_grid, plot_rank_heatmap
+from qformer_budget.plotting.figure_data import heatmap_tables
+from qformer_budget.plotting.figures import FigureWorker, PlannedFigure, regenerate_figures
 
 from fake_runs import fake_modules, write_fake_run
 
@@ -112,6 +115,29 @@ def test_a_rerun_writes_identical_bytes(figures, two_benchmarks, tmp_path):
     png = (out / "rank_heatmap_iconqa.png").read_bytes()
     pdf = (out / "rank_heatmap_iconqa.pdf").read_bytes()
     assert b"matplotlib version" not in png and b"CreationDate" not in pdf
+
+
+def test_one_process_and_two_write_the_same_bytes(two_benchmarks, tmp_path):
+    two = regenerate_figures(two_benchmarks, tmp_path / "two", n_boot=50, workers=2)
+    alone = regenerate_figures(two_benchmarks, tmp_path / "one", n_boot=50, workers=1)
+    assert [p.name for p in alone] == [p.name for p in two] and len(two) == 2 * 12 + 1
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(alone, two, strict=True))
+
+
+def test_a_figure_workers_error_and_its_death_reach_the_caller_by_name(two_benchmarks, tmp_path):
+    table = heatmap_tables(load_runs(two_benchmarks))["iconqa"]
+    good = PlannedFigure("good", "s", "d", plot_rank_heatmap, (table,), {})
+    bad = PlannedFigure("bad", "s", "d", plot_heatmap_grid, ({},), {})
+    with FigureWorker.started(True) as worker:
+        assert [p.name for p in worker.draw(good, tmp_path, 50)] == ["good.png", "good.pdf"]
+        with pytest.raises(ValueError, match="no tables to draw"):  # raised in the worker, re-raised here
+            worker.draw(bad, tmp_path, 50)
+        worker.process.kill()
+        worker.process.wait()
+        with pytest.raises(RuntimeError, match=rf"figure worker process \(pid {worker.process.pid}\) stopped with "
+                                               r"exit code -9 while drawing good"):
+            worker.draw(good, tmp_path, 50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pdf", "good.png"]  # no temporary file left
 
 
 def test_one_benchmark_one_seed_skips_what_cannot_be_drawn_and_says_so(one_benchmark, tmp_path):

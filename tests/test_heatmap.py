@@ -52,7 +52,8 @@ def test_heatmap_outlines_the_structural_text_ffn_of_the_deepest_layer():
     ax = plot_rank_heatmap(table)
     outlines = [p for p in ax.patches if p.get_gid() == "structural"]
     # Layer 1 is the deepest: its text FFN output (column 11) is outlined; its intermediate has no module.
-    assert {(p.get_x() + p.get_width() / 2, p.get_y() + p.get_height() / 2) for p in outlines} == {(11.0, 1.0)}
+    # seaborn's cells are centred at i + 0.5.
+    assert {(p.get_x() + p.get_width() / 2, p.get_y() + p.get_height() / 2) for p in outlines} == {(11.5, 1.5)}
     legends = [a.get_legend() for a in ax.figure.axes if a.get_legend() is not None]  # under the colour bar
     assert [t.get_text() for t in legends[0].get_texts()] == ["no module", "no task gradient"]
     assert [t.get_text() for t in ax.texts if t.get_style() == "italic"] == ["2"]

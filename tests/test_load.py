@@ -41,6 +41,15 @@ def test_load_a_folder_of_runs(two_runs):
     assert single["benchmark"].eq("b").all()
 
 
+def test_load_a_list_of_folders_reads_each_run_once(two_runs):
+    listed = load_runs([two_runs / "b", two_runs / "a" / "seed0", two_runs / "a"], categorical=True)
+    assert listed["run"].astype(str).tolist() == load_runs(two_runs)["run"].tolist()  # sorted, no duplicate
+    with pytest.raises(ValueError, match="empty list of run folders"):
+        load_runs([])
+    with pytest.raises(FileNotFoundError, match="no such run folder: .*missing"):
+        load_runs([two_runs / "a", two_runs / "missing"])
+
+
 def _rewrite(path, table):
     pq.write_table(table, path)
 

@@ -25,6 +25,9 @@ def test_notebook_runs_on_a_fresh_kernel(quick_demo, monkeypatch):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    assert len(images) >= 4 + 1 + 1  # four heatmaps, the trajectories, the replayed heatmap
+    assert len(images) >= 4 + 1  # four heatmaps, the replayed heatmap
+    pages = [o.data["text/html"] for o in outputs if o.output_type == "execute_result" and "text/html" in o.data]
+    explorer = [page for page in pages if "qformer-budget-explorer" in page]
+    assert len(explorer) == 1 and explorer[0].count('class="qb-plot"') == 4 * 2 + 1
     printed = "".join(o.text for o in outputs if o.output_type == "stream")
     assert "4 runs" in printed and "plain LoRA:" in printed

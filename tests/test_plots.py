@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
-from matplotlib.collections import PathCollection
+from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
 from matplotlib.patches import PathPatch, Rectangle
 
 from qformer_budget.core.grammar import BLOCKS, sublayer_label
@@ -83,13 +82,24 @@ def records() -> pd.DataFrame:
 
 
 def legend_texts(ax_or_fig) -> list[str]:
-    """The entries of the Axes' legend, or of the one legend of a Figure or of its colour bar."""
-    if isinstance(ax_or_fig, Axes):
-        legends = [a.get_legend() for a in ax_or_fig.figure.axes if a.get_legend() is not None]
-    else:
-        legends = ax_or_fig.legends
+    """The entries of the one legend of the Figure (of an Axes): a figure legend or that of any Axes, the
+    colour bar's and other child Axes' included."""
+    fig = ax_or_fig.figure if isinstance(ax_or_fig, Axes) else ax_or_fig
+    axes = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]
+    legends = [*fig.legends, *(ax.get_legend() for ax in axes if ax.get_legend() is not None)]
     assert len(legends) == 1
     return [t.get_text() for t in legends[0].get_texts()]
+
+
+def quadmesh(ax) -> QuadMesh:
+    """The cells seaborn's heatmap drew on ``ax``."""
+    (mesh,) = [a for a in ax.get_children() if isinstance(a, QuadMesh)]
+    return mesh
+
+
+def global_rng_state() -> tuple:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return kind, keys.tolist(), pos, has_gauss, cached
 
 
 def with_gid(artists, gid: str) -> list:
@@ -215,7 +225,8 @@ def test_heatmap_marks_structural_cells_with_an_outline_and_a_legend_entry(recor
     ax = plot_rank_heatmap(table)
     outlines = structural_outlines(ax)
     assert len(outlines) == 2  # black and white dotted: one cell
-    assert {(o.get_x() + o.get_width() / 2, o.get_y() + o.get_height() / 2) for o in outlines} == {(10.0, 1.0)}
+    # seaborn's cells are centred at i + 0.5: layer 1, column 10 (ffn_text.intermediate).
+    assert {(o.get_x() + o.get_width() / 2, o.get_y() + o.get_height() / 2) for o in outlines} == {(10.5, 1.5)}
     assert legend_texts(ax) == ["no module", STRUCTURAL_LABEL]
     italic = [t.get_text() for t in ax.texts if t.get_style() == "italic"]
     assert italic == ["0"]  # the structural value is shown, in italics
@@ -228,22 +239,25 @@ def test_heatmap_grid_shares_one_colour_scale(records):
     fig = plot_heatmap_grid(tables, title="t")
     assert isinstance(fig, Figure)
     heatmaps = fig.axes[: len(tables)]
-    images = [next(a for a in ax.get_children() if isinstance(a, AxesImage)) for ax in heatmaps]
+    meshes = [quadmesh(ax) for ax in heatmaps]
     assert [ax.get_title() for ax in heatmaps] == ["A", "B"]
-    assert {(im.norm.vmin, im.norm.vmax) for im in images} == {(0.0, 4.0)}
+    assert {(mesh.norm.vmin, mesh.norm.vmax) for mesh in meshes} == {(0.0, 4.0)}
+    assert [mesh.colorbar is not None for mesh in meshes] == [True, False]  # one colour bar for both
     assert all(any(p.get_hatch() for p in ax.patches) for ax in heatmaps)
     assert sum(len(structural_outlines(ax)) for ax in heatmaps) == 4
     assert legend_texts(fig) == ["no module", STRUCTURAL_LABEL]
-    assert {t.get_text() for t in heatmaps[1].get_yticklabels()} == {""}  # only the first panel names layers
+    # Only the first panel names layers.
+    assert [t.get_text() for t in heatmaps[0].get_yticklabels()] == ["L00", "L01"]
+    assert not [t.get_text() for t in heatmaps[1].get_yticklabels() if t.get_text()]
     assert fig.get_suptitle() == "t"
 
 
 def test_difference_heatmap_is_centred_at_zero_with_hatched_empty_cells(records):
     ax = plot_rank_difference(rank_difference_data(records, "A", "B"), title="A - B")
-    image = next(a for a in ax.get_children() if isinstance(a, AxesImage))
-    assert image.norm.vmin == -image.norm.vmax == -3.0
-    assert image.get_cmap().name == "RdBu_r"
-    assert min(image.get_cmap()(image.norm(0.0))[:3]) > 0.95  # 0 is white
+    mesh = quadmesh(ax)
+    assert mesh.norm.vmin == -mesh.norm.vmax == -3.0
+    assert mesh.get_cmap().name == "RdBu_r"
+    assert min(mesh.get_cmap()(mesh.norm(0.0))[:3]) > 0.95  # 0 is white
     assert len([p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]) == 1
     assert sorted(t.get_text() for t in ax.texts) == sorted(["+2", "+3", "-2", "-3", "0", "+1", "-1"])
     assert len(structural_outlines(ax)) == 2 and STRUCTURAL_LABEL in legend_texts(ax)
@@ -286,15 +300,38 @@ def test_importance_is_on_a_log_axis_with_structural_modules_apart(records):
     assert ax.get_yscale() == "log"
     boxes = [p for p in ax.patches if isinstance(p, PathPatch)]
     assert len(boxes) == 4 * 2  # 4 blocks x 2 benchmarks
+    # One group per benchmark, one box per block in grammar order, in the block's colour.
+    boxes.sort(key=lambda box: box.get_path().get_extents().x0)
+    assert [mcolors.to_hex(box.get_edgecolor()) for box in boxes] == [
+        mcolors.to_hex(BLOCK_COLORS[block]) for _ in ("A", "B") for block in BLOCKS
+    ]
     structural = with_gid(ax.collections, "structural")
-    assert len(structural) == 1 and len(structural[0].get_offsets()) == 3  # L01 text FFN of 3 runs
-    assert legend_texts(ax) == [STRUCTURAL_LABEL]
+    crosses = np.concatenate([c.get_offsets() for c in structural])
+    assert len(crosses) == 3  # L01 text FFN of 3 runs
+    spans = [(box.get_path().get_extents().x0, box.get_path().get_extents().x1) for box in boxes]
+    assert not any(x0 <= x <= x1 for x in crosses[:, 0] for x0, x1 in spans)  # beside the boxes, not in them
+    assert legend_texts(ax) == [*BLOCKS, STRUCTURAL_LABEL]
     assert "1 score(s) <= 0 not shown" in [t.get_text() for t in ax.texts]
     points = with_gid(ax.collections, "modules")
     # Every positive, non-structural score is a point: 18 rows minus the zero score.
     assert sum(len(c.get_offsets()) for c in points) == 21 - 3 - 1
     assert all(isinstance(c, PathCollection) for c in points)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B"] * 4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B"]
+
+
+def test_importance_jitter_is_seeded_and_leaves_numpys_global_generator_alone(records):
+    data = importance_data(records)
+
+    def jittered(ax) -> list:
+        return [c.get_offsets().tolist() for c in with_gid(ax.collections, "modules")]
+
+    np.random.seed(12345)
+    before = global_rng_state()
+    first = jittered(plot_importance(data, jitter_seed=7))
+    assert global_rng_state() == before  # seaborn's strips draw from it: its state is restored
+    assert jittered(plot_importance(data, jitter_seed=7)) == first  # two draws, the same points
+    assert jittered(plot_importance(data, jitter_seed=8)) != first  # the seed decides the jitter
+    assert global_rng_state() == before
 
 
 def test_block_share_bars_with_intervals_where_defined(records):
@@ -308,6 +345,12 @@ def test_block_share_bars_with_intervals_where_defined(records):
     errors = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(errors) == 4  # one per block, for benchmark A only (B has one seed)
     assert all(len(c.lines[2][0].get_segments()) == 1 for c in errors)
+    a = data[data["benchmark"] == "A"].set_index("block")
+    for block, block_bars, error in zip(BLOCKS, bars, errors, strict=True):  # the table's CI, on its bar
+        ((x_low, y_low), (x_high, y_high)) = error.lines[2][0].get_segments()[0]
+        bar = block_bars.patches[0]
+        assert x_low == x_high == pytest.approx(bar.get_x() + bar.get_width() / 2)
+        assert (y_low, y_high) == pytest.approx((a.loc[block, "ci_low"], a.loc[block, "ci_high"]))
     seeds = with_gid(ax.collections, "seeds")
     assert sum(len(c.get_offsets()) for c in seeds) == 12  # 3 runs x 4 blocks
     assert legend_texts(ax) == [*BLOCKS, "95% seed-bootstrap CI", "each seed"]

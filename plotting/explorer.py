@@ -1,0 +1,329 @@
+"""The interactive budget explorer: plotly views of recorded runs, inline in Jupyter or as one offline HTML file.
+
+``explore(records)`` returns an :class:`Explorer`, which Jupyter shows inline; ``write_report(runs_dir, path)``
+(``qformer-budget report RUNS --out report.html``) writes the same views into one self-contained page with
+plotly.js inlined, so it opens offline and can be sent to a colleague without Python. The views:
+
+- per benchmark, the layer x sublayer heatmap with a slider over the (thinned) recorded steps, buttons
+  for rank or importance (log10 score), and a hover giving the module, rank, init_r, score and the
+  step's budget and threshold;
+- per benchmark, the block shares of the kept rank over training, each seed thin and the mean thick,
+  with the AdaLoRA phases shaded;
+- the final block shares with their seed-bootstrap intervals, for each normalisation;
+- the metrics table, one row per run (``analysis.run_summary``).
+
+Data preparation is in ``plotting.figure_data`` and ``plotting.explorer_data``; this module only draws.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from qformer_budget.analysis import NORMALIZATIONS, run_summary
+from qformer_budget.analysis.load import load_runs
+from qformer_budget.core.atomic import write_text_atomic
+from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
+
+from .explorer_data import HEATMAP_STEPS, TRAJECTORY_STEPS, allocation_cells, cell_grid, thinned_records
+from .figure_data import SUBLAYER_COLUMNS, block_share_ci_data, phase_spans, trajectory_data
+from .figures import FIGURE_COLUMNS, select_runs
+from .style import BLOCK_COLORS, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, block_color
+
+EMPTY_CELL_COLOR = "#d9d9d9"  # plotly draws no module (NaN) as the plot background
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+RANK_TRACE, SCORE_TRACE = 0, 1
+# Figures fill their column (two side by side on a wide screen, one under the other on a narrow one).
+STYLE = (
+    "<style>.qb-row{display:flex;flex-wrap:wrap;gap:1em}.qb-row>div{flex:1 1 560px;min-width:0;max-width:1100px}"
+    ".qb-table{overflow-x:auto}.qb-table table{border-collapse:collapse;font-size:13px}"
+    ".qb-table td,.qb-table th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>"
+)
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if np.isfinite(value) else "none"
+
+
+def _hover_template(rows: pd.DataFrame) -> str:
+    """The hover of one step: the cell's module, rank and score, the step's budget and threshold."""
+    n_seeds = int(rows["n_seeds"].max())
+    rank = "rank %{customdata[0]}" + (f" (mean of {n_seeds} seeds, range %{{customdata[1]}}–%{{customdata[2]}})"
+                                      if n_seeds > 1 else "")
+    score = "score %{customdata[3]:.3g}" if rows["score"].notna().any() else "score: cleared by peft"
+    threshold = rows["threshold"].dropna()
+    threshold = f"threshold {threshold.mean():.3g}" if len(threshold) else "not a mask step"
+    return (f"<b>%{{text}}</b><br>{rank}<br>{score}<br>"
+            f"step budget {_number(rows['budget'].mean())}, {threshold}<extra></extra>")
+
+
+def _block_axis_shapes(n_layers: int) -> tuple[list[dict], list[dict]]:
+    """White separators between blocks and the block names above them."""
+    starts = np.cumsum([0] + [len(BLOCK_PROJS[b]) for b in BLOCKS])
+    shapes = [
+        {"type": "line", "x0": edge - 0.5, "x1": edge - 0.5, "y0": -0.5, "y1": n_layers - 0.5,
+         "line": {"color": "white", "width": 3}}
+        for edge in starts[1:-1]
+    ]
+    names = [
+        {"x": (start + end) / 2 - 0.5, "y": 1.0, "yref": "paper", "yanchor": "bottom", "text": f"<b>{block}</b>",
+         "showarrow": False, "font": {"size": 11}}
+        for block, start, end in zip(BLOCKS, starts[:-1], starts[1:], strict=True)
+    ]
+    return shapes, names
+
+
+def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figure:
+    """One benchmark's layer x sublayer heatmap with a slider over its steps (``explorer_data.allocation_cells``).
+
+    Two traces share the cells: rank (0 to ``vmax``) and importance (log10 of the mean score); buttons
+    choose which is shown. The slider starts at the last step. The structural cells are outlined.
+    """
+    cells = cells[cells["benchmark"] == benchmark]
+    n_layers = int(cells["layer"].max()) + 1
+    steps = sorted(cells["step"].unique())
+    by_step = {step: rows for step, rows in cells.groupby("step", sort=True)}
+    last = by_step[steps[-1]]
+    labels = cell_grid(
+        last.assign(label=last["sublayer"] + "<br>" + last["module"] + "<br>init_r " + last["init_r"].astype(str)),
+        "label", n_layers,
+    )
+    log_scores = np.log10(cells["score"].where(cells["score"] > 0))
+    low, high = (float(log_scores.min()), float(log_scores.max())) if log_scores.notna().any() else (0.0, 1.0)
+
+    def state(step) -> dict:
+        rows = by_step[step]
+        scores = rows.assign(log_score=np.log10(rows["score"].where(rows["score"] > 0)))
+        hover = np.stack(
+            [cell_grid(scores, name, n_layers) for name in ("rank", "rank_min", "rank_max", "score")], axis=-1
+        )
+        return {  # one customdata and hover for both traces: restyle cycles a one-item list
+            "z": [cell_grid(rows, "rank", n_layers).round(3), cell_grid(scores, "log_score", n_layers).round(3)],
+            "customdata": [hover.astype(np.float32)],
+            "hovertemplate": [_hover_template(rows)],
+        }
+
+    structural = last[last["structural"]]
+    note = f"grey: {EMPTY_LABEL} (importance: or no positive score)" + (
+        f"; outlined: {STRUCTURAL_LABEL}" if len(structural) else ""
+    )
+
+    def title(step) -> str:
+        rows = by_step[step]
+        return (f"{benchmark}: step {step} ({rows['phase'].iloc[0]}), budget {_number(rows['budget'].iloc[0])}, "
+                f"kept rank {_number(rows['rank'].sum())}<br><sup>{note}</sup>")
+
+    x = [column.split(".", 1)[1] for column in SUBLAYER_COLUMNS]
+    y = [f"L{layer:02d}" for layer in range(n_layers)]
+    first = state(steps[-1])
+    common = {"x": list(range(len(x))), "y": list(range(n_layers)), "text": labels, "hoverongaps": False,
+              "xgap": 1, "ygap": 1, "customdata": first["customdata"][0], "hovertemplate": first["hovertemplate"][0]}
+    fig = go.Figure([
+        go.Heatmap(z=first["z"][0], colorscale="Viridis", zmin=0, zmax=vmax,
+                   colorbar={"title": {"text": "rank"}}, name="rank", **common),
+        go.Heatmap(z=first["z"][1], colorscale="Magma", zmin=low, zmax=high,
+                   colorbar={"title": {"text": "log10 score"}}, name="importance", visible=False, **common),
+    ])
+    shapes, names = _block_axis_shapes(n_layers)
+    shapes += [  # black under white dots, readable on any colour (as in the static heatmaps)
+        {"type": "rect", "line": line, "x0": SUBLAYER_COLUMNS.index(c) - 0.42,
+         "x1": SUBLAYER_COLUMNS.index(c) + 0.42, "y0": layer - 0.42, "y1": layer + 0.42}
+        for layer, c in zip(structural["layer"], structural["column"], strict=True)
+        for line in ({"color": "black", "width": 2.5}, {"color": "white", "width": 2.5, "dash": "dot"})
+    ]
+    slider_steps = [
+        {"label": str(step), "method": "update",
+         "args": [state(step), {"title.text": title(step)}, [RANK_TRACE, SCORE_TRACE]]}
+        for step in steps
+    ]
+    buttons = [
+        {"label": "rank", "method": "restyle", "args": [{"visible": [True, False]}]},
+        {"label": "importance (log10 score)", "method": "restyle", "args": [{"visible": [False, True]}]},
+    ]
+    fig.update_layout(
+        title={"text": title(steps[-1])}, height=215 + 24 * n_layers,
+        margin={"t": 135, "b": 40, "l": 60, "r": 20}, plot_bgcolor=EMPTY_CELL_COLOR,
+        xaxis={"tickvals": common["x"], "ticktext": x, "tickangle": -45, "showgrid": False, "zeroline": False},
+        yaxis={"tickvals": common["y"], "ticktext": y, "autorange": "reversed", "showgrid": False,
+               "zeroline": False, "title": {"text": "Q-Former layer"}},
+        shapes=shapes, annotations=names,
+        sliders=[{"active": len(steps) - 1, "steps": slider_steps, "currentvalue": {"prefix": "step "},
+                  "pad": {"t": 60}, "len": 1.0}],
+        updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 1.0, "xanchor": "right",
+                      "y": 1.09, "yanchor": "bottom", "showactive": True}],
+    )
+    return fig
+
+
+def trajectory_figure(trajectories: pd.DataFrame, phases: pd.DataFrame, benchmark: str) -> go.Figure:
+    """One benchmark's block shares over steps (``figure_data.trajectory_data``), the phases shaded."""
+    rows = trajectories[trajectories["benchmark"] == benchmark]
+    fig = go.Figure()
+    for phase, start, end in phases.loc[phases["benchmark"] == benchmark, ["phase", "start", "end"]].itertuples(
+        index=False
+    ):
+        fig.add_vrect(x0=start, x1=end, fillcolor=PHASE_COLORS.get(phase, "#f5f5f5"), opacity=1, layer="below",
+                      line_width=0, annotation_text=phase, annotation_position="top left")
+    n_seeds = rows.loc[rows["line"] == "seed", "seed"].nunique()
+    for block in [b for b in BLOCKS if b in set(rows["block"])]:
+        if n_seeds > 1:
+            for seed, seed_rows in rows[(rows["block"] == block) & (rows["line"] == "seed")].groupby("seed"):
+                fig.add_scatter(x=seed_rows["step"], y=seed_rows["value"], mode="lines", legendgroup=block,
+                                showlegend=False, line={"color": block_color(block), "width": 1}, opacity=0.45,
+                                name=f"{block}, seed {seed}", hovertemplate="step %{x}: %{y:.3f}")
+        mean = rows[(rows["block"] == block) & (rows["line"] == "mean")]
+        fig.add_scatter(x=mean["step"], y=mean["value"], mode="lines", legendgroup=block, name=block,
+                        line={"color": block_color(block), "width": 3},
+                        hovertemplate=f"{block}, mean of {n_seeds} seed(s)<br>step %{{x}}: %{{y:.3f}}<extra></extra>")
+    fig.update_layout(
+        title={"text": f"{benchmark}: share of kept rank per block (each seed thin, mean thick)"},
+        xaxis_title="optimizer step", yaxis_title="share of kept rank", yaxis_rangemode="tozero",
+        height=380, plot_bgcolor="white", margin={"t": 60, "b": 40, "l": 60, "r": 20},
+    )
+    return fig
+
+
+def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
+    """Final block shares per benchmark with seed-bootstrap intervals (``figure_data.block_share_ci_data``),
+    one button per normalisation."""
+    def bars(data: pd.DataFrame) -> dict[str, list]:
+        per_block = [data[data["block"] == block] for block in BLOCKS]
+        return {
+            "x": [list(rows["benchmark"]) for rows in per_block],
+            "y": [list(rows["mean"]) for rows in per_block],
+            "error_y.array": [list(rows["ci_high"] - rows["mean"]) for rows in per_block],
+            "error_y.arrayminus": [list(rows["mean"] - rows["ci_low"]) for rows in per_block],
+            "customdata": [rows[["ci_low", "ci_high", "n_seeds"]].to_numpy().tolist() for rows in per_block],
+        }
+
+    first = bars(shares[NORMALIZATIONS[0]])
+    fig = go.Figure([
+        go.Bar(x=first["x"][i], y=first["y"][i], name=block, marker_color=BLOCK_COLORS[block],
+               customdata=first["customdata"][i],
+               error_y={"type": "data", "array": first["error_y.array"][i],
+                        "arrayminus": first["error_y.arrayminus"][i], "color": "black", "thickness": 1.2},
+               hovertemplate=(f"{block}: %{{y:.3f}}<br>95% CI %{{customdata[0]:.3f}}–%{{customdata[1]:.3f}}"
+                              "<br>%{customdata[2]} seeds<extra>%{x}</extra>"))
+        for i, block in enumerate(BLOCKS)
+    ])
+    buttons = [{"label": f"{name} normalisation", "method": "restyle", "args": [bars(data)]}
+               for name, data in shares.items()]
+    fig.update_layout(
+        barmode="group", title={"text": "Final block shares with 95% seed-bootstrap intervals"},
+        yaxis_title="share", yaxis_rangemode="tozero", height=420, plot_bgcolor="white",
+        margin={"t": 110, "b": 40, "l": 60, "r": 20},
+        updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0, "xanchor": "left",
+                      "y": 1.04, "yanchor": "bottom"}],
+    )
+    return fig
+
+
+def _figure_json(figure: go.Figure) -> str:
+    """``figure`` with the explorer's config as JSON that is safe inside a script element."""
+    return json.dumps({**json.loads(figure.to_json()), "config": PLOT_CONFIG}, separators=(",", ":")).replace(
+        "</", "<\\/"
+    )
+
+
+@dataclass
+class Explorer:
+    """The explorer's views in page order, as plotly figures and HTML; Jupyter shows it inline."""
+
+    sections: list[tuple[str, list[tuple[str, go.Figure | str]]]] = field(default_factory=list)
+
+    @property
+    def figures(self) -> dict[str, go.Figure]:
+        """Every figure by its element id (``heatmap-<benchmark>``, ``trajectory-<benchmark>``, ``block-shares``)."""
+        return {key: view for _, views in self.sections for key, view in views if isinstance(view, go.Figure)}
+
+    def to_html(self, full_html: bool = True, title: str = "qformer-budget explorer") -> str:
+        """One HTML document (or fragment) with plotly.js inlined once: works offline."""
+        body = [STYLE, f'<script type="text/javascript">{get_plotlyjs()}</script>']
+        plots = []
+        for heading, views in self.sections:
+            body.append(f'<h2>{html.escape(heading)}</h2><div class="qb-row">')
+            for key, view in views:
+                if isinstance(view, go.Figure):
+                    body.append(f'<div><div id="{key}" class="qb-plot" style="height:{view.layout.height}px"></div></div>')
+                    plots.append((key, view))
+                else:
+                    body.append(f'<div id="{key}" class="qb-table" style="flex-basis:100%;max-width:none">{view}</div>')
+            body.append("</div>")
+        # Plotted once every element exists, so each plot takes its column's final width.
+        body.append("<script>")
+        body += [f'Plotly.newPlot("{key}", {_figure_json(view)});' for key, view in plots]
+        body.append("</script>")
+        content = f'<div class="qformer-budget-explorer">{"".join(body)}</div>'
+        if not full_html:
+            return content
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            "<style>body{font-family:sans-serif;margin:1.5em}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>\n{content}\n</body></html>\n"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_html(full_html=False)
+
+    def write_html(self, path: str | os.PathLike, title: str = "qformer-budget explorer") -> Path:
+        """Write the page to ``path`` (temporary name, then renamed into place)."""
+        path = Path(path)
+        write_text_atomic(path, self.to_html(title=title))
+        return path
+
+
+def metrics_table(records: pd.DataFrame) -> str:
+    """``analysis.run_summary`` as an HTML table, each run by its folder's name."""
+    summary = run_summary(records)
+    summary["run"] = summary["run"].map(lambda run: Path(str(run)).name)
+    return summary.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
+
+
+def explore(
+    records: pd.DataFrame,
+    *,
+    heatmap_steps: int = HEATMAP_STEPS,
+    trajectory_steps: int = TRAJECTORY_STEPS,
+    n_boot: int = 2000,
+) -> Explorer:
+    """The interactive views of ``records`` (``analysis.load_runs``): show it in Jupyter or ``write_html`` it.
+
+    The heatmap slider offers at most ``heatmap_steps`` recorded steps per benchmark and the trajectories
+    at most ``trajectory_steps``, evenly spaced with the first and last kept (``explorer_data.thin_steps``).
+    """
+    records = records.assign(benchmark=records["benchmark"].astype(str))
+    cells = allocation_cells(records, heatmap_steps)
+    vmax = float(cells["rank"].max()) or 1.0
+    trajectories = trajectory_data(thinned_records(records, trajectory_steps))
+    phases = phase_spans(records)
+    benchmarks = sorted(cells["benchmark"].unique())
+    explorer = Explorer()
+    for benchmark in benchmarks:
+        explorer.sections.append((benchmark, [
+            (f"heatmap-{benchmark}", heatmap_figure(cells, benchmark, vmax)),
+            (f"trajectory-{benchmark}", trajectory_figure(trajectories, phases, benchmark)),
+        ]))
+    shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot) for normalize in NORMALIZATIONS}
+    explorer.sections.append(("Across benchmarks", [
+        ("block-shares", block_share_figure(shares)),
+        ("metrics", metrics_table(records)),
+    ]))
+    return explorer
+
+
+def write_report(
+    runs_dir: str | os.PathLike, out: str | os.PathLike, *, method: str | None = None, n_boot: int = 2000
+) -> Path:
+    """Load the runs below ``runs_dir`` and write the explorer to ``out`` as one offline HTML file."""
+    records = select_runs(load_runs(runs_dir, columns=FIGURE_COLUMNS, categorical=True), method)
+    n_runs = records["run"].nunique()
+    title = f"qformer-budget explorer: {n_runs} run{'s' if n_runs != 1 else ''} below {Path(runs_dir).name}"
+    return explore(records, n_boot=n_boot).write_html(out, title=title)
