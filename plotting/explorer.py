@@ -12,7 +12,8 @@ plotly.js inlined, so it opens offline and can be sent to a colleague without Py
 - the final block shares with their seed-bootstrap intervals, for each normalisation;
 - the metrics table, one row per run (``analysis.run_summary``).
 
-Data preparation is in ``plotting.figure_data`` and ``plotting.explorer_data``; this module only draws.
+Data preparation is in ``plotting.figure_data`` and ``plotting.explorer_data``; this module turns the prepared
+tables into plotly figures and the page.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
 
 from .explorer_data import HEATMAP_STEPS, TRAJECTORY_STEPS, allocation_cells, cell_grid, thinned_records
 from .figure_data import SUBLAYER_COLUMNS, block_share_ci_data, phase_spans, trajectory_data
-from .figures import FIGURE_COLUMNS, select_runs
+from .figures import FIGURE_COLUMNS, runs_by_benchmark
 from .style import BLOCK_COLORS, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, block_color
 
 EMPTY_CELL_COLOR = "#d9d9d9"  # plotly draws no module (NaN) as the plot background
@@ -49,20 +51,27 @@ STYLE = (
 )
 
 
-def _number(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}g}" if np.isfinite(value) else "none"
+def _amount(value: float) -> str:
+    """A budget or a count of directions as written: 1,437, or 2.5 for a mean over seeds."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _step_budget(rows: pd.DataFrame) -> float:
+    """The budget of one step's cells: the schedule's, the same in every seed."""
+    return float(rows["budget"].mean())
 
 
 def _hover_template(rows: pd.DataFrame) -> str:
     """The hover of one step: the cell's module, rank and score, the step's budget and threshold."""
     n_seeds = int(rows["n_seeds"].max())
-    rank = "rank %{customdata[0]}" + (f" (mean of {n_seeds} seeds, range %{{customdata[1]}}–%{{customdata[2]}})"
-                                      if n_seeds > 1 else "")
-    score = "score %{customdata[3]:.3g}" if rows["score"].notna().any() else "score: cleared by peft"
+    rank = "rank %{customdata[0]:.3~g}" + (
+        f" (mean of {n_seeds} seeds, range %{{customdata[1]:.3~g}}–%{{customdata[2]:.3~g}})" if n_seeds > 1 else ""
+    )
+    score = "score %{customdata[3]:.3~g}" if rows["score"].notna().any() else "score: cleared by peft"
     threshold = rows["threshold"].dropna()
     threshold = f"threshold {threshold.mean():.3g}" if len(threshold) else "not a mask step"
     return (f"<b>%{{text}}</b><br>{rank}<br>{score}<br>"
-            f"step budget {_number(rows['budget'].mean())}, {threshold}<extra></extra>")
+            f"step budget {_amount(_step_budget(rows))}, {threshold}<extra></extra>")
 
 
 def _block_axis_shapes(n_layers: int) -> tuple[list[dict], list[dict]]:
@@ -118,8 +127,8 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
 
     def title(step) -> str:
         rows = by_step[step]
-        return (f"{benchmark}: step {step} ({rows['phase'].iloc[0]}), budget {_number(rows['budget'].iloc[0])}, "
-                f"kept rank {_number(rows['rank'].sum())}<br><sup>{note}</sup>")
+        return (f"{html.escape(benchmark)}: step {step} ({rows['phase'].iloc[0]}), budget "
+                f"{_amount(_step_budget(rows))}, kept rank {_amount(rows['rank'].sum())}<br><sup>{note}</sup>")
 
     x = [column.split(".", 1)[1] for column in SUBLAYER_COLUMNS]
     y = [f"L{layer:02d}" for layer in range(n_layers)]
@@ -184,11 +193,17 @@ def trajectory_figure(trajectories: pd.DataFrame, phases: pd.DataFrame, benchmar
                         line={"color": block_color(block), "width": 3},
                         hovertemplate=f"{block}, mean of {n_seeds} seed(s)<br>step %{{x}}: %{{y:.3f}}<extra></extra>")
     fig.update_layout(
-        title={"text": f"{benchmark}: share of kept rank per block (each seed thin, mean thick)"},
+        title={"text": f"{html.escape(benchmark)}: share of kept rank per block (each seed thin, mean thick)"},
         xaxis_title="optimizer step", yaxis_title="share of kept rank", yaxis_rangemode="tozero",
         height=380, plot_bgcolor="white", margin={"t": 60, "b": 40, "l": 60, "r": 20},
     )
     return fig
+
+
+def _interval_text(low: float, high: float, n_seeds: int) -> str:
+    if np.isfinite(low) and np.isfinite(high):
+        return f"95% CI {low:.3f}–{high:.3f} over {n_seeds} seeds"
+    return f"no interval: {n_seeds} seed"
 
 
 def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
@@ -201,17 +216,17 @@ def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
             "y": [list(rows["mean"]) for rows in per_block],
             "error_y.array": [list(rows["ci_high"] - rows["mean"]) for rows in per_block],
             "error_y.arrayminus": [list(rows["mean"] - rows["ci_low"]) for rows in per_block],
-            "customdata": [rows[["ci_low", "ci_high", "n_seeds"]].to_numpy().tolist() for rows in per_block],
+            "text": [[_interval_text(*row) for row in rows[["ci_low", "ci_high", "n_seeds"]].itertuples(index=False)]
+                     for rows in per_block],
         }
 
     first = bars(shares[NORMALIZATIONS[0]])
     fig = go.Figure([
         go.Bar(x=first["x"][i], y=first["y"][i], name=block, marker_color=BLOCK_COLORS[block],
-               customdata=first["customdata"][i],
+               text=first["text"][i], textposition="none",
                error_y={"type": "data", "array": first["error_y.array"][i],
                         "arrayminus": first["error_y.arrayminus"][i], "color": "black", "thickness": 1.2},
-               hovertemplate=(f"{block}: %{{y:.3f}}<br>95% CI %{{customdata[0]:.3f}}–%{{customdata[1]:.3f}}"
-                              "<br>%{customdata[2]} seeds<extra>%{x}</extra>"))
+               hovertemplate=f"{block}: %{{y:.3f}}<br>%{{text}}<extra>%{{x}}</extra>")
         for i, block in enumerate(BLOCKS)
     ])
     buttons = [{"label": f"{name} normalisation", "method": "restyle", "args": [bars(data)]}
@@ -227,10 +242,10 @@ def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
 
 
 def _figure_json(figure: go.Figure) -> str:
-    """``figure`` with the explorer's config as JSON that is safe inside a script element."""
-    return json.dumps({**json.loads(figure.to_json()), "config": PLOT_CONFIG}, separators=(",", ":")).replace(
-        "</", "<\\/"
-    )
+    """``figure`` with the explorer's config as JSON that is safe inside a script element: every ``<`` escaped,
+    so that no name in the data can close the script or open a comment."""
+    text = json.dumps({**json.loads(figure.to_json()), "config": PLOT_CONFIG}, separators=(",", ":"))
+    return text.replace("<", "\\u003c")
 
 
 @dataclass
@@ -241,25 +256,32 @@ class Explorer:
 
     @property
     def figures(self) -> dict[str, go.Figure]:
-        """Every figure by its element id (``heatmap-<benchmark>``, ``trajectory-<benchmark>``, ``block-shares``)."""
+        """Every figure by its view name (``heatmap-<benchmark>``, ``trajectory-<benchmark>``, ``block-shares``),
+        which the page gives each view's element as ``data-view``."""
         return {key: view for _, views in self.sections for key, view in views if isinstance(view, go.Figure)}
 
-    def to_html(self, full_html: bool = True, title: str = "qformer-budget explorer") -> str:
-        """One HTML document (or fragment) with plotly.js inlined once: works offline."""
+    def to_html(self, full_html: bool = True, title: str = "qformer-budget explorer", id_prefix: str = "qb") -> str:
+        """One HTML document (or fragment) with plotly.js inlined once: works offline.
+
+        Element ids are ``<id_prefix>-<n>``, never a benchmark's name; a fragment shown twice in one notebook
+        needs a prefix of its own each time.
+        """
         body = [STYLE, f'<script type="text/javascript">{get_plotlyjs()}</script>']
         plots = []
-        for heading, views in self.sections:
-            body.append(f'<h2>{html.escape(heading)}</h2><div class="qb-row">')
-            for key, view in views:
-                if isinstance(view, go.Figure):
-                    body.append(f'<div><div id="{key}" class="qb-plot" style="height:{view.layout.height}px"></div></div>')
-                    plots.append((key, view))
-                else:
-                    body.append(f'<div id="{key}" class="qb-table" style="flex-basis:100%;max-width:none">{view}</div>')
-            body.append("</div>")
+        views = [(heading, key, view) for heading, section in self.sections for key, view in section]
+        for number, (heading, key, view) in enumerate(views):
+            if number == 0 or heading != views[number - 1][0]:
+                body.append(("</div>" if number else "") + f'<h2>{html.escape(heading)}</h2><div class="qb-row">')
+            element = f'id="{id_prefix}-{number}" data-view="{html.escape(key)}"'
+            if isinstance(view, go.Figure):
+                body.append(f'<div><div {element} class="qb-plot" style="height:{view.layout.height}px"></div></div>')
+                plots.append((f"{id_prefix}-{number}", view))
+            else:
+                body.append(f'<div {element} class="qb-table" style="flex-basis:100%;max-width:none">{view}</div>')
+        body.append("</div>")
         # Plotted once every element exists, so each plot takes its column's final width.
         body.append("<script>")
-        body += [f'Plotly.newPlot("{key}", {_figure_json(view)});' for key, view in plots]
+        body += [f'Plotly.newPlot("{element_id}", {_figure_json(view)});' for element_id, view in plots]
         body.append("</script>")
         content = f'<div class="qformer-budget-explorer">{"".join(body)}</div>'
         if not full_html:
@@ -271,7 +293,7 @@ class Explorer:
         )
 
     def _repr_html_(self) -> str:
-        return self.to_html(full_html=False)
+        return self.to_html(full_html=False, id_prefix=f"qb-{uuid.uuid4().hex[:8]}")
 
     def write_html(self, path: str | os.PathLike, title: str = "qformer-budget explorer") -> Path:
         """Write the page to ``path`` (temporary name, then renamed into place)."""
@@ -281,9 +303,10 @@ class Explorer:
 
 
 def metrics_table(records: pd.DataFrame) -> str:
-    """``analysis.run_summary`` as an HTML table, each run by its folder's name."""
+    """``analysis.run_summary`` as an HTML table, each run by the last three parts of its folder (the runner's
+    benchmark, method and seed)."""
     summary = run_summary(records)
-    summary["run"] = summary["run"].map(lambda run: Path(str(run)).name)
+    summary["run"] = summary["run"].map(lambda run: "/".join(Path(str(run)).parts[-3:]))
     return summary.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
 
 
@@ -322,8 +345,9 @@ def explore(
 def write_report(
     runs_dir: str | os.PathLike, out: str | os.PathLike, *, method: str | None = None, n_boot: int = 2000
 ) -> Path:
-    """Load the runs below ``runs_dir`` and write the explorer to ``out`` as one offline HTML file."""
-    records = select_runs(load_runs(runs_dir, columns=FIGURE_COLUMNS, categorical=True), method)
-    n_runs = records["run"].nunique()
-    title = f"qformer-budget explorer: {n_runs} run{'s' if n_runs != 1 else ''} below {Path(runs_dir).name}"
+    """Load the runs below ``runs_dir`` (one configuration: ``method`` as for the figures) and write the explorer
+    to ``out`` as one offline HTML file."""
+    runs = [run for group in runs_by_benchmark(runs_dir, method).values() for run in group]
+    records = load_runs(runs, columns=FIGURE_COLUMNS, categorical=True)
+    title = f"qformer-budget explorer: {len(runs)} run{'s' if len(runs) != 1 else ''} below {Path(runs_dir).resolve().name}"
     return explore(records, n_boot=n_boot).write_html(out, title=title)

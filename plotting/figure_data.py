@@ -72,7 +72,7 @@ def heatmap_tables(records: pd.DataFrame, value: str = "rank") -> dict[str, pd.D
     layers = pd.RangeIndex(int(qformer["layer"].max()) + 1, name="layer")
     return {
         str(benchmark): rank_heatmap_data(rows, value).reindex(index=layers)
-        for benchmark, rows in sorted(qformer.groupby("benchmark"), key=lambda item: str(item[0]))
+        for benchmark, rows in sorted(qformer.groupby("benchmark", observed=True), key=lambda item: str(item[0]))
     }
 
 
@@ -106,11 +106,11 @@ def phase_spans(records: pd.DataFrame) -> pd.DataFrame:
     the spans tile the recorded steps. The true boundary lies between the last recorded step of one
     phase and the first of the next.
     """
-    firsts = records.groupby(["benchmark", "phase"], as_index=False).agg(
+    firsts = records.groupby(["benchmark", "phase"], as_index=False, observed=True).agg(
         start=("step", "min"), last=("step", "max")
     )
     rows = []
-    for benchmark, group in firsts.groupby("benchmark", sort=True):
+    for benchmark, group in firsts.groupby("benchmark", sort=True, observed=True):
         order = group["phase"].map(_PHASE_ORDER).fillna(len(_PHASE_ORDER))
         group = group.assign(order=order).sort_values(["start", "order"])
         starts = group["start"].tolist()
@@ -142,7 +142,7 @@ def trajectory_data(
     per_run = rank_trajectories(records, "block", normalize, include_structural)
     seeds = per_run.rename(columns={value: "value"})[["benchmark", "seed", "step", "block", "value"]]
     seeds = seeds.assign(line="seed", n_seeds=1)
-    means = seeds.groupby(["benchmark", "step", "block"], as_index=False, sort=False).agg(
+    means = seeds.groupby(["benchmark", "step", "block"], as_index=False, sort=False, observed=True).agg(
         value=("value", "mean"), n_seeds=("seed", "nunique")
     )
     means = means.assign(line="mean", seed=pd.NA)
@@ -161,7 +161,7 @@ def budget_schedule_data(records: pd.DataFrame) -> pd.DataFrame:
     every adapted module (structural ones included: AdaLoRA allocates over all of them).
     """
     rows = records.assign(rank=records["rank"].astype("int64"), mask_step=records["mask_step"].astype(bool))
-    out = rows.groupby(["run", "benchmark", "seed", "step"], as_index=False).agg(
+    out = rows.groupby(["run", "benchmark", "seed", "step"], as_index=False, observed=True).agg(
         phase=("phase", "first"),
         mask_step=("mask_step", "any"),
         budget=("budget", "first"),

@@ -2,20 +2,15 @@
 
 ``regenerate_figures(runs_dir, out_dir)`` is the one implementation behind ``qformer-budget figures``,
 ``figures/regenerate.py`` and the demo. Each figure is prepared by a pure function of ``qformer_budget.plotting.figure_data``
-and drawn by a plot function of ``qformer_budget.plotting``; this module only chooses, titles and saves them.
+and drawn by a plot function of ``qformer_budget.plotting``; this module reads the runs a benchmark at a time,
+plans the figures (which, titles, index entries) and saves them, drawn by ``figure_worker.draw_all``.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import subprocess
-import sys
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -30,7 +25,8 @@ from qformer_budget.analysis import NORMALIZATIONS, block_share, last_recorded_s
 from qformer_budget.analysis.load import find_runs, load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
 from qformer_budget.core.layout import method_tag_of
-from qformer_budget.core.run_folder import read_run_meta
+from qformer_budget.core.run_folder import RecordError, read_run_meta
+from qformer_budget.core.schema import RUN_META_FILE
 
 from .distributions import plot_block_share_ci, plot_importance
 from .figure_data import (
@@ -42,6 +38,7 @@ from .figure_data import (
     rank_difference_data,
     trajectory_data,
 )
+from .figure_worker import FigureWorker, draw_all
 from .heatmaps import plot_heatmap_grid, plot_rank_difference, plot_rank_heatmap
 from .training import plot_budget_schedule, plot_rank_trajectories
 
@@ -112,98 +109,9 @@ def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = FIGURE_DPI) ->
     return paths
 
 
-# Two processes draw side by side where there are two CPUs: drawing is most of the time at any size.
-DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
-
-
-class FigureWorker:
-    """A second Python process that draws planned figures beside this one (``python -m
-    qformer_budget.plotting.figure_worker``): a pickled :class:`PlannedFigure` in on its stdin, the written
-    paths (or the error) out on its stdout. A fresh interpreter, not a fork, so that nothing of a caller's
-    script runs again and no thread of this process is copied.
-    """
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(  # Agg: a Jupyter kernel's inline backend means nothing there
-            [sys.executable, "-m", "qformer_budget.plotting.figure_worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=dict(os.environ, MPLBACKEND="Agg"),
-        )
-
-    @classmethod
-    @contextmanager
-    def started(cls, wanted: bool) -> Iterator[FigureWorker | None]:
-        """A worker for the block (None unless ``wanted``), stopped when the block ends, however it ends."""
-        worker = cls() if wanted else None
-        try:
-            yield worker
-        finally:
-            if worker is not None:
-                worker.stop()
-
-    def draw(self, figure: PlannedFigure, out_dir: Path, dpi: int) -> list[Path]:
-        """Have the worker draw and save ``figure``; its error is raised here."""
-        try:
-            pickle.dump((figure, out_dir, dpi), self.process.stdin)
-            self.process.stdin.flush()
-            result = pickle.load(self.process.stdout)
-        except (EOFError, BrokenPipeError, pickle.UnpicklingError) as error:
-            code = self.process.wait()
-            raise RuntimeError(
-                f"the figure worker process (pid {self.process.pid}) stopped with exit code {code} while "
-                f"drawing {figure.stem}; the figures already written are kept, run the command again"
-            ) from error
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.close()  # the worker ends at the end of its input
-        except BrokenPipeError:  # it has already stopped
-            pass
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
-
-
-def draw_all(figures: list[PlannedFigure], out_dir: Path, dpi: int, worker: FigureWorker | None) -> list[Path]:
-    """Draw and save every figure: this process from the end of the list, the worker (if any) from the start,
-    until they meet. Returns the written paths in the figures' order."""
-    pending = deque(figures)
-    written: dict[str, list[Path]] = {}
-    worker_errors: list[BaseException] = []
-
-    def feed_worker() -> None:
-        try:
-            while True:
-                try:
-                    figure = pending.popleft()
-                except IndexError:
-                    return
-                written[figure.stem] = worker.draw(figure, out_dir, dpi)
-        except BaseException as error:  # noqa: BLE001 - raised in the calling thread below
-            worker_errors.append(error)
-
-    feeder = threading.Thread(target=feed_worker, name="figure-worker-feed") if worker is not None else None
-    if feeder is not None:
-        feeder.start()
-    try:
-        while True:
-            try:
-                figure = pending.pop()
-            except IndexError:
-                break
-            written[figure.stem] = draw_and_save(figure, out_dir, dpi)
-    finally:
-        if feeder is not None:
-            pending.clear()  # after an error here, the worker takes no new figure
-            feeder.join()
-    if worker_errors:
-        raise worker_errors[0]
-    return [path for figure in figures for path in written[figure.stem]]
+# Processes drawing, this one included: where there are two CPUs, a second process draws beside this one
+# (drawing is most of the time at any size). A worker needs a pipe passed by descriptor: POSIX only.
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1) if os.name == "posix" else 1
 
 
 def _file_part(name: str) -> str:
@@ -240,19 +148,22 @@ class _FigureData:
     phases: pd.DataFrame
 
 
-def _runs_by_benchmark(runs_dir: str | os.PathLike, method: str | None) -> dict[str, list[str]]:
+def runs_by_benchmark(runs_dir: str | os.PathLike, method: str | None) -> dict[str, list[str]]:
     """The run folders below ``runs_dir`` per benchmark (from each ``run.json``), one configuration only."""
-    runs = pd.DataFrame(
-        [(str(run), *(read_run_meta(run).get(key) for key in ("benchmark", "seed"))) for run in find_runs(runs_dir)],
-        columns=["run", "benchmark", "seed"],
-    )
-    runs = select_runs(runs, method)
+    rows = []
+    for run in find_runs(runs_dir):
+        meta = read_run_meta(run)
+        missing = [key for key in ("benchmark", "seed") if meta.get(key) is None]
+        if missing:
+            raise RecordError(f"{run / RUN_META_FILE}: no {' or '.join(missing)} (a run of the runner has both)")
+        rows.append((str(run), str(meta["benchmark"]), meta["seed"]))
+    runs = select_runs(pd.DataFrame(rows, columns=["run", "benchmark", "seed"]), method)
     return {str(benchmark): list(rows["run"]) for benchmark, rows in runs.groupby("benchmark", sort=True)}
 
 
 def _prepare(runs_dir: str | os.PathLike, method: str | None) -> _FigureData:
     pieces: dict[str, list[pd.DataFrame]] = {name: [] for name in _FigureData.__dataclass_fields__}
-    for runs in _runs_by_benchmark(runs_dir, method).values():
+    for runs in runs_by_benchmark(runs_dir, method).values():
         records = load_runs(runs, columns=FIGURE_COLUMNS, categorical=True)
         pieces["finals"].append(last_recorded_step(records))
         pieces["scored"].append(_last_scored_step(records))
@@ -305,11 +216,13 @@ def regenerate_figures(
     Reruns on the same records give byte-identical files: matplotlib's default style (not the user's
     matplotlibrc), fixed ``dpi``, no date or version in the metadata, a fixed bootstrap and jitter seed.
     ``method`` selects one configuration (the run folders' parent name, e.g. ``adalora-all_linear-r12to4``)
-    when ``runs_dir`` holds several. ``workers=2`` (the default with two or more CPUs) draws in a second
-    process beside this one (:class:`FigureWorker`); the files are the same bytes. Returns the written
-    paths, ``index.md`` last.
+    when ``runs_dir`` holds several. ``workers`` processes draw, this one included (default: 2 where there
+    are two or more CPUs; the others are ``figure_worker.FigureWorker`` processes); the files are the same
+    bytes with any number. Returns the written paths, ``index.md`` last.
     """
-    with FigureWorker.started(workers > 1) as worker:  # it imports while this process loads the records
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1 (this process); got {workers}")
+    with FigureWorker.started(workers - 1) as helpers:  # they import while this process loads the records
         data = _prepare(runs_dir, method)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +230,7 @@ def regenerate_figures(
         tables = heatmap_tables(data.finals)
         _per_benchmark_figures(data, tables, index)
         _cross_benchmark_figures(data, tables, index, n_boot)
-        written = draw_all(index.planned, out_dir, dpi, worker)
+        written = draw_all(index.planned, out_dir, dpi, helpers)
     index_path = out_dir / INDEX_FILE
     write_text_atomic(index_path, _index_text(data.finals, runs_dir, out_dir, index))
     return [*written, index_path]

@@ -1,5 +1,6 @@
 """regenerate_figures end to end on run folders written by the real sink: files, index, bytes, CLI."""
 
+import json
 import re
 import subprocess
 import sys
@@ -11,12 +12,13 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from qformer_budget.analysis import load_runs
+from qformer_budget.analysis import RecordError, load_runs
 from qformer_budget.cli import main
 from qformer_budget.core.records import StepRecord
 from qformer_budget.plotting import plot_heatmap_grid, plot_rank_heatmap
 from qformer_budget.plotting.figure_data import heatmap_tables
-from qformer_budget.plotting.figures import FigureWorker, PlannedFigure, regenerate_figures
+from qformer_budget.plotting.figure_worker import FigureWorker, FigureWorkerError, draw_all
+from qformer_budget.plotting.figures import PlannedFigure, regenerate_figures
 
 from fake_runs import fake_modules, write_fake_run
 
@@ -124,20 +126,33 @@ def test_one_process_and_two_write_the_same_bytes(two_benchmarks, tmp_path):
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(alone, two, strict=True))
 
 
-def test_a_figure_workers_error_and_its_death_reach_the_caller_by_name(two_benchmarks, tmp_path):
+def test_a_figure_workers_error_and_its_death_reach_the_caller_by_name(two_benchmarks, tmp_path, monkeypatch):
+    # Whatever the worker's imports print on its stdout stays out of its answers.
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    out = tmp_path / "out"
+    out.mkdir()
     table = heatmap_tables(load_runs(two_benchmarks))["iconqa"]
     good = PlannedFigure("good", "s", "d", plot_rank_heatmap, (table,), {})
     bad = PlannedFigure("bad", "s", "d", plot_heatmap_grid, ({},), {})
-    with FigureWorker.started(True) as worker:
-        assert [p.name for p in worker.draw(good, tmp_path, 50)] == ["good.png", "good.pdf"]
-        with pytest.raises(ValueError, match="no tables to draw"):  # raised in the worker, re-raised here
-            worker.draw(bad, tmp_path, 50)
+    with FigureWorker.started(1) as (worker,):
+        assert [p.name for p in worker.draw(good, out, 50)] == ["good.png", "good.pdf"]
+        with pytest.raises(ValueError, match="no tables to draw") as raised:  # raised there, re-raised here
+            worker.draw(bad, out, 50)
+        cause = raised.value.__cause__
+        assert isinstance(cause, FigureWorkerError) and f"(pid {worker.process.pid}) failed while drawing bad" in str(cause)
+        assert "Traceback" in str(cause) and "plot_heatmap_grid" in str(cause)
         worker.process.kill()
         worker.process.wait()
-        with pytest.raises(RuntimeError, match=rf"figure worker process \(pid {worker.process.pid}\) stopped with "
-                                               r"exit code -9 while drawing good"):
-            worker.draw(good, tmp_path, 50)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pdf", "good.png"]  # no temporary file left
+        with pytest.raises(FigureWorkerError, match=rf"\(pid {worker.process.pid}\) stopped \(exit code -9\) while "
+                                                     r"drawing good"):
+            worker.draw(good, out, 50)
+    assert sorted(p.name for p in out.iterdir()) == ["good.pdf", "good.png"]  # no temporary file left
+    with pytest.raises(ValueError, match=r"two figures would be written to the same files \['good'\]"):
+        draw_all([good, good], out, 50, [])
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        regenerate_figures(two_benchmarks, out, workers=0)
 
 
 def test_one_benchmark_one_seed_skips_what_cannot_be_drawn_and_says_so(one_benchmark, tmp_path):
@@ -163,6 +178,16 @@ def test_unfinished_runs_are_named_in_the_index(tmp_path):
     assert main(["figures", str(runs)]) == 0  # default --out: RUNS_DIR/figures
     index = (runs / "figures" / "index.md").read_text()
     assert "Runs not finished" in index and "- `iconqa/m/seed1`: running" in index
+
+
+def test_a_run_description_without_benchmark_or_seed_is_named(tmp_path):
+    run = tmp_path / "runs" / "iconqa" / "m" / "seed0"
+    write_run(run, "iconqa", 0)
+    meta = json.loads((run / "run.json").read_text())
+    del meta["seed"]
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(RecordError, match=rf"{re.escape(str(run / 'run.json'))}: no seed"):
+        regenerate_figures(tmp_path / "runs", tmp_path / "figures")
 
 
 def test_several_configurations_need_a_method(tmp_path):

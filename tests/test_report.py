@@ -1,5 +1,6 @@
 """The interactive explorer: its data (pure), its plotly views, the offline report, and the report in a real browser."""
 
+import html
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from qformer_budget.cli import main
 from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
 from qformer_budget.plotting import explore
 from qformer_budget.plotting.explorer import write_report
-from qformer_budget.plotting.explorer_data import allocation_cells, thin_steps
+from qformer_budget.plotting.explorer_data import HEATMAP_STEPS, allocation_cells, thin_steps
 
 COLUMNS = [f"{block}.{proj}" for block in BLOCKS for proj in BLOCK_PROJS[block]]
 BENCHMARKS = ("iconqa", "vizwiz")
@@ -24,7 +25,8 @@ BENCHMARKS = ("iconqa", "vizwiz")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    write_synthetic_runs(root, BENCHMARKS, seeds=2, total_step=120, record_every=5, deltaT=5)
+    # 3 seeds (means that are not exact in binary) and 51 recorded steps (more than the slider's 40).
+    write_synthetic_runs(root, BENCHMARKS, seeds=3, total_step=250, record_every=5, deltaT=5)
     return root
 
 
@@ -36,6 +38,11 @@ def records(runs) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory) -> Path:
     return write_report(runs, tmp_path_factory.mktemp("report") / "report.html", n_boot=200)
+
+
+def drawn(ranks: np.ndarray) -> np.ndarray:
+    """Mean ranks as the heatmap colours them: to 0.001, which keeps a study's page small."""
+    return np.round(ranks, 3)
 
 
 def mean_ranks(records: pd.DataFrame, benchmark: str, step: int) -> np.ndarray:
@@ -66,7 +73,7 @@ def test_allocation_cells_average_seeds_and_carry_budget_threshold_and_structure
     expected = mean_ranks(records, "vizwiz", int(last["step"].iloc[0]))
     grid = last.pivot(index="layer", columns="column", values="rank").reindex(columns=COLUMNS).to_numpy()
     np.testing.assert_array_equal(grid, expected)
-    assert (last["n_seeds"] == 2).all() and (last["rank_min"] <= last["rank"]).all()
+    assert (last["n_seeds"] == 3).all() and (last["rank_min"] <= last["rank"]).all()
     assert last.loc[last["structural"], "sublayer"].tolist() == ["L11.ffn_text.intermediate", "L11.ffn_text.output"]
     mask_rows = cells[cells["threshold"].notna()]
     assert len(mask_rows) and cells.loc[cells["phase"] == "warmup", "threshold"].isna().all()
@@ -86,16 +93,19 @@ def test_heatmap_slider_has_one_state_per_thinned_step_ending_at_the_final_ranks
     slider = heatmap.layout.sliders[0]
     steps = [int(s.label) for s in slider.steps]
     assert len(steps) == 8 and slider.active == 7 and steps[-1] == records["step"].max()
-    np.testing.assert_array_equal(np.asarray(heatmap.data[0].z, dtype=float), mean_ranks(records, "iconqa", steps[-1]))
+    np.testing.assert_array_equal(np.asarray(heatmap.data[0].z, dtype=float), drawn(mean_ranks(records, "iconqa", steps[-1])))
     middle = slider.steps[3].args
-    np.testing.assert_array_equal(np.asarray(middle[0]["z"][0], dtype=float), mean_ranks(records, "iconqa", steps[3]))
+    np.testing.assert_array_equal(np.asarray(middle[0]["z"][0], dtype=float), drawn(mean_ranks(records, "iconqa", steps[3])))
     assert "iconqa: step" in middle[1]["title.text"] and str(steps[3]) in middle[1]["title.text"]
     hover = middle[0]["hovertemplate"][0]
-    assert "%{text}" in hover and "rank %{customdata[0]}" in hover and "budget" in hover  # rank in both views
+    assert "%{text}" in hover and "rank %{customdata[0]:.3~g}" in hover  # the rank in both views
     np.testing.assert_array_equal(
-        np.asarray(middle[0]["customdata"][0], dtype=float)[..., 0], mean_ranks(records, "iconqa", steps[3])
-    )
-    assert "threshold" in hover or "not a mask step" in hover
+        np.asarray(middle[0]["customdata"][0], dtype=float)[..., 0], mean_ranks(records, "iconqa", steps[3]).astype(np.float32)
+    )  # the hover's rank: float32, shown to 3 significant digits
+    at_step = records[(records["benchmark"] == "iconqa") & (records["step"] == steps[3])]
+    assert f"step budget {int(at_step['budget'].iloc[0]):,}," in hover
+    threshold = at_step["threshold"].dropna()
+    assert (f"threshold {threshold.mean():.3g}" if len(threshold) else "not a mask step") in hover
     assert "init_r" in heatmap.data[0].text[0][0] and "L00.self_attn.query" in heatmap.data[0].text[0][0]
     assert [b.label for b in heatmap.layout.updatemenus[0].buttons] == ["rank", "importance (log10 score)"]
     trajectory = explorer.figures["trajectory-iconqa"]
@@ -105,6 +115,18 @@ def test_heatmap_slider_has_one_state_per_thinned_step_ending_at_the_final_ranks
     assert [b.label for b in shares.layout.updatemenus[0].buttons] == [
         "rank normalisation", "module normalisation", "parameter normalisation"
     ]
+
+
+def test_names_never_reach_the_page_unescaped_and_two_displays_get_their_own_ids(records):
+    hostile = '"><img src=x onerror=alert(1)>");alert(2);("'
+    renamed = records.assign(benchmark=records["benchmark"].replace("vizwiz", hostile))
+    explorer = explore(renamed, heatmap_steps=4, n_boot=20)
+    page = explorer.to_html()
+    assert hostile not in page and "<img" not in page  # escaped for HTML in the page, for JSON in the scripts
+    assert f'data-view="heatmap-{html.escape(hostile)}"' in page
+    first, second = explorer._repr_html_(), explorer._repr_html_()
+    ids = [set(re.findall(r'id="(qb-[0-9a-f]+-\d+)"', fragment)) for fragment in (first, second)]
+    assert len(ids[0]) == 5 + 1 and not ids[0] & ids[1]  # 5 plots and the table
 
 
 def test_report_is_one_offline_file_reproducible_and_written_in_place(runs, report, tmp_path):
@@ -164,7 +186,7 @@ def browser():
 def read_heatmap(driver, benchmark: str) -> tuple[np.ndarray, str]:
     """The rank heatmap as drawn (plotly's computed cells, after decoding) and the title shown above it."""
     z, title = driver.execute_script(
-        "const gd = document.getElementById(arguments[0]);"
+        "const gd = document.querySelector(`[data-view='${arguments[0]}']`);"
         "return [Array.from(gd.calcdata[0][0].z, row => Array.from(row)), gd.layout.title.text];",
         f"heatmap-{benchmark}",
     )
@@ -188,30 +210,34 @@ def test_report_in_chromium_no_errors_slider_moves_the_heatmap_and_a_real_pictur
 
     final_step = int(records["step"].max())
     z, title = read_heatmap(browser, "vizwiz")
-    np.testing.assert_array_equal(z, mean_ranks(records, "vizwiz", final_step))
+    np.testing.assert_array_equal(z, drawn(mean_ranks(records, "vizwiz", final_step)))
     assert f"step {final_step}" in title
 
     # Click the slider's 6th tick with the mouse, as a reader would.
-    container = browser.find_element(By.ID, "heatmap-vizwiz")
+    container = browser.find_element(By.CSS_SELECTOR, "[data-view='heatmap-vizwiz']")
     ticks = container.find_elements(By.CSS_SELECTOR, ".slider-container rect.slider-tick-rect")
-    assert len(ticks) == records["step"].nunique()  # 26 recorded steps: all on the slider
+    shown = thin_steps(records["step"], HEATMAP_STEPS)
+    assert len(ticks) == len(shown) == HEATMAP_STEPS < records["step"].nunique()  # thinned, first and last kept
     ActionChains(browser).move_to_element(ticks[5]).click().perform()
-    chosen = int(sorted(records["step"].unique())[5])
+    chosen = int(shown[5])
     WebDriverWait(browser, 10).until(lambda d: f"step {chosen} " in read_heatmap(d, "vizwiz")[1])
     z, title = read_heatmap(browser, "vizwiz")
-    np.testing.assert_array_equal(z, mean_ranks(records, "vizwiz", chosen))
-    assert not np.array_equal(z, mean_ranks(records, "vizwiz", final_step))  # the picture did change
+    np.testing.assert_array_equal(z, drawn(mean_ranks(records, "vizwiz", chosen)))
+    assert not np.array_equal(z, drawn(mean_ranks(records, "vizwiz", final_step)))  # the picture did change
 
     # Hover the top-left cell (L00.self_attn.query): its label gives the module, rank, budget and threshold.
     plot_area = container.find_element(By.CSS_SELECTOR, "rect.nsewdrag")
     width, height = plot_area.size["width"], plot_area.size["height"]
     ActionChains(browser).move_to_element_with_offset(plot_area, -width // 2 + 5, -height // 2 + 5).pause(0.2) \
         .move_by_offset(2, 2).perform()
-    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap-vizwiz g.hovertext"))
+    WebDriverWait(browser, 10).until(lambda d: container.find_elements(By.CSS_SELECTOR, "g.hovertext"))
     hover = container.find_element(By.CSS_SELECTOR, "g.hovertext").get_attribute("textContent")
+    rows = records[(records["benchmark"] == "vizwiz") & (records["step"] == chosen)]
     rank = mean_ranks(records, "vizwiz", chosen)[0, 0]
-    assert "L00.self_attn.query" in hover and f"rank {rank:g} (mean of 2 seeds" in hover, hover
-    assert "init_r 12" in hover and "step budget" in hover and ("threshold" in hover or "not a mask step" in hover)
+    assert "L00.self_attn.query" in hover and f"rank {rank:.3g} (mean of 3 seeds" in hover, hover
+    assert "init_r 12" in hover and f"step budget {int(rows['budget'].iloc[0]):,}," in hover
+    threshold = rows["threshold"].dropna()
+    assert (f"threshold {threshold.mean():.3g}" if len(threshold) else "not a mask step") in hover
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
     height = browser.execute_script("return document.body.scrollHeight")
