@@ -1,4 +1,4 @@
-"""The one naming grammar for Q-Former sublayers.
+"""The one naming grammar for Q-Former sublayers, and for every Linear of the whole model (:func:`parse_module`).
 
 Every Linear layer of a Q-Former is named by ``(layer, block, proj)``:
 
@@ -173,3 +173,87 @@ def qformer_sublayers(module_names: Iterable[str]) -> dict[str, Sublayer]:
         if sub is not None:
             found[name] = sub
     return found
+
+
+# --- The whole model: vision encoder, Q-Former, LLM ---
+
+COMPONENTS: tuple[str, ...] = ("vision", "qformer", "llm")
+
+# (component, regex, block of each matched kind): names behind any prefix, transformers and LAVIS spellings.
+_VISION_RE = re.compile(
+    r"(?:.*\.)?(?:vision_model\.encoder\.layers|visual_encoder\.blocks)\.(?P<layer>\d+)\."
+    r"(?P<kind>self_attn|attn|mlp)\.(?P<proj>qkv|projection|proj|fc1|fc2)"
+)
+_T5_RE = re.compile(
+    r"(?:.*\.)?(?P<stack>encoder|decoder)\.block\.(?P<layer>\d+)\.layer\.\d+\."
+    r"(?P<kind>SelfAttention|EncDecAttention|DenseReluDense)\.(?P<proj>q|k|v|o|wi|wi_0|wi_1|wo)"
+)
+_LLAMA_RE = re.compile(
+    r"(?:.*\.)?layers\.(?P<layer>\d+)\.(?P<kind>self_attn|mlp)\."
+    r"(?P<proj>q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+_T5_BLOCKS = {
+    ("encoder", "SelfAttention"): "enc_self_attn",
+    ("encoder", "DenseReluDense"): "enc_ffn",
+    ("decoder", "SelfAttention"): "dec_self_attn",
+    ("decoder", "EncDecAttention"): "dec_cross_attn",
+    ("decoder", "DenseReluDense"): "dec_ffn",
+}
+_VISION_PROJS = {"proj": "projection"}  # LAVIS spelling -> transformers
+# Linear layers outside any layer: the projection from the Q-Former into the LLM, and the LLM's output head.
+# LAVIS calls the projection t5_proj (FlanT5) or llm_proj (Vicuna).
+_LAYERLESS = {
+    "language_projection": ("qformer", "language_projection"),
+    "t5_proj": ("qformer", "language_projection"),
+    "llm_proj": ("qformer", "language_projection"),
+    "lm_head": ("llm", "lm_head"),
+}
+_LAYERLESS_RE = re.compile(r"(?:.*\.)?(?P<name>" + "|".join(_LAYERLESS) + ")")
+
+
+class ModulePosition(NamedTuple):
+    """Where a Linear layer sits in the whole model: ``component`` (vision, qformer, llm), ``layer`` (None
+    outside the layers), ``block`` and ``proj``."""
+
+    component: str
+    layer: int | None
+    block: str
+    proj: str
+
+    @property
+    def label(self) -> str:
+        """One string per module: the Q-Former's grammar label unchanged (``L02.cross_attn.value``), the other
+        components' prefixed with the component (``llm.L05.dec_cross_attn.q``, ``vision.L00.mlp.fc1``)."""
+        if self.component == "qformer" and self.layer is not None:
+            return sublayer_label(self.layer, self.block, self.proj)
+        where = "" if self.layer is None else f"L{self.layer:02d}."
+        return f"{self.component}.{where}{self.block}.{self.proj}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_module(module_name: str) -> ModulePosition | None:
+    """Map a Linear's full module name anywhere in InstructBLIP, BLIP-2 or a plain T5 / LLaMA LM to its
+    :class:`ModulePosition`; None for a name the grammar does not know.
+
+    Q-Former names parse as :func:`parse_sublayer` does. The EVA ViT's blocks are ``attn`` (``qkv``,
+    ``projection``) and ``mlp`` (``fc1``, ``fc2``). T5's are ``enc_self_attn``, ``enc_ffn``,
+    ``dec_self_attn``, ``dec_cross_attn`` and ``dec_ffn`` with T5's own projections (``q k v o``, ``wi`` or
+    ``wi_0 wi_1``, ``wo``); LLaMA's are ``self_attn`` and ``mlp`` with ``q_proj`` ... ``down_proj``.
+    """
+    sublayer = parse_sublayer(module_name)
+    if sublayer is not None:
+        return ModulePosition("qformer", *sublayer)
+    if match := _VISION_RE.fullmatch(module_name):
+        block = "attn" if match["kind"] in ("self_attn", "attn") else "mlp"
+        return ModulePosition("vision", int(match["layer"]), block, _VISION_PROJS.get(match["proj"], match["proj"]))
+    if match := _T5_RE.fullmatch(module_name):
+        block = _T5_BLOCKS.get((match["stack"], match["kind"]))
+        return None if block is None else ModulePosition("llm", int(match["layer"]), block, match["proj"])
+    if match := _LLAMA_RE.fullmatch(module_name):
+        return ModulePosition("llm", int(match["layer"]), match["kind"], match["proj"])
+    if match := _LAYERLESS_RE.fullmatch(module_name):
+        component, block = _LAYERLESS[match["name"]]
+        return ModulePosition(component, None, block, "dense")
+    return None
