@@ -14,7 +14,7 @@ from qformer_budget.core.schema import COLUMNS, RECORD_SCHEMA, SCHEMA_VERSION
 from .importance import allocation_correlation, allocation_entropy, normalized_importance, seed_correlation
 from .load import STRING_COLUMNS, RecordWarning, find_runs, load_metrics, load_runs, read_run
 from .replay import rank_pattern_for_lora, replay_allocation
-from .selection import last_recorded_step, mark_structural, select_step
+from .selection import last_recorded_step, last_scored_step, mark_structural, select_step
 from .shares import NORMALIZATIONS, block_share, layer_share, rank_retention, rank_trajectories, settle_step
 from .statistics import bootstrap_block_share, compare_benchmarks, permutation_test
 from .summaries import module_summary, run_summary, to_xarray
@@ -34,6 +34,7 @@ __all__ = [
     "compare_benchmarks",
     "find_runs",
     "last_recorded_step",
+    "last_scored_step",
     "layer_share",
     "load_metrics",
     "load_runs",

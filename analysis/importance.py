@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from itertools import combinations
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-if TYPE_CHECKING:
-    pass
 
 from .selection import STEP_KEYS, StepSelector, comparable_rows, select_step, sorted_rows
 

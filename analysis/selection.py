@@ -16,15 +16,12 @@ Conventions of every metric in ``qformer_budget.analysis``:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from qformer_budget.core.grammar import ATTENTION_PROJS, FFN_PROJS, block_order, is_structural
-
-if TYPE_CHECKING:
-    pass
 
 RUN_KEYS: tuple[str, ...] = ("run", "benchmark", "seed")
 STEP_KEYS = [*RUN_KEYS, "step"]
@@ -37,6 +34,13 @@ def last_recorded_step(records: pd.DataFrame) -> pd.DataFrame:
     """The rows of each run's last recorded step."""
     last = records.groupby("run")["step"].transform("max")
     return records[records["step"] == last]
+
+
+def last_scored_step(records: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last step with scores (peft clears them in the final phase), copying no more."""
+    scored = records["score"].notna()
+    last = records.loc[scored, "step"].groupby(records.loc[scored, "run"], observed=True).max()
+    return records[scored & (records["step"] == records["run"].map(last).astype("float64"))]
 
 
 def select_step(records: pd.DataFrame, step: StepSelector = "final") -> pd.DataFrame:

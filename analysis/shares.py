@@ -7,15 +7,12 @@ what the metric is about (``step``, ``block``, ``layer``, ``module``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from qformer_budget.core.adalora_rules import adapter_parameters
-
-if TYPE_CHECKING:
-    pass
 
 from .selection import (
     RUN_KEYS,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from matplotlib import colors as mcolors
 from plotly.offline import get_plotlyjs
 
 from qformer_budget.analysis import NORMALIZATIONS, run_summary
@@ -38,9 +39,9 @@ from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
 from .explorer_data import HEATMAP_STEPS, TRAJECTORY_STEPS, allocation_cells, cell_grid, thinned_records
 from .figure_data import SUBLAYER_COLUMNS, block_share_ci_data, phase_spans, trajectory_data
 from .figures import FIGURE_COLUMNS, runs_by_benchmark
-from .style import BLOCK_COLORS, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, block_color
+from .style import BLOCK_COLORS, EMPTY_CELL_COLOR, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, block_color
 
-EMPTY_CELL_COLOR = "#d9d9d9"  # plotly draws no module (NaN) as the plot background
+EMPTY_CELL_HEX = mcolors.to_hex(EMPTY_CELL_COLOR)  # plotly draws no module (NaN) as the plot background
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 RANK_TRACE, SCORE_TRACE = 0, 1
 # Figures fill their column (two side by side on a wide screen, one under the other on a narrow one).
@@ -159,7 +160,7 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
     ]
     fig.update_layout(
         title={"text": title(steps[-1])}, height=215 + 24 * n_layers,
-        margin={"t": 135, "b": 40, "l": 60, "r": 20}, plot_bgcolor=EMPTY_CELL_COLOR,
+        margin={"t": 135, "b": 40, "l": 60, "r": 20}, plot_bgcolor=EMPTY_CELL_HEX,
         xaxis={"tickvals": common["x"], "ticktext": x, "tickangle": -45, "showgrid": False, "zeroline": False},
         yaxis={"tickvals": common["y"], "ticktext": y, "autorange": "reversed", "showgrid": False,
                "zeroline": False, "title": {"text": "Q-Former layer"}},

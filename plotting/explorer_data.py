@@ -12,7 +12,7 @@ import pandas as pd
 
 from qformer_budget.analysis import mark_structural
 
-from .figure_data import SUBLAYER_COLUMNS
+from .figure_data import SUBLAYER_COLUMNS, heatmap_column, plain_labels
 
 # Enough for the slider to follow AdaLoRA's budgeting phase; a study-size report stays a few MB.
 HEATMAP_STEPS = 40
@@ -56,16 +56,8 @@ def allocation_cells(records: pd.DataFrame, max_steps: int = HEATMAP_STEPS) -> p
     qformer = records.dropna(subset=["layer"])
     if qformer.empty:
         raise ValueError("no Q-Former records to explore: the table has no rows with a layer")
-    rows = mark_structural(thinned_records(qformer, max_steps))
-    rows = rows.assign(
-        layer=rows["layer"].astype("int64"),
-        column=rows["block"].astype(str) + "." + rows["proj"].astype(str),
-        sublayer=rows["sublayer"].astype(str),
-        module=rows["module"].astype(str),
-        phase=rows["phase"].astype(str),
-        benchmark=rows["benchmark"].astype(str),
-        rank=rows["rank"].astype("float64"),
-    )
+    rows = plain_labels(mark_structural(thinned_records(qformer, max_steps)))
+    rows = rows.assign(layer=rows["layer"].astype("int64"), column=heatmap_column(rows), rank=rows["rank"].astype("float64"))
     cells = rows.groupby(["benchmark", "step", "layer", "column"], as_index=False, sort=True).agg(
         phase=("phase", "first"),
         sublayer=("sublayer", "first"),

@@ -9,6 +9,7 @@ from qformer_budget.analysis import (
     block_share,
     bootstrap_block_share,
     last_recorded_step,
+    last_scored_step,
     mark_structural,
     rank_trajectories,
     select_step,
@@ -17,6 +18,16 @@ from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS, STRUCTURAL_BLOCK, b
 
 # Heatmap columns in grammar order: self-attention, cross-attention, query FFN, text FFN.
 SUBLAYER_COLUMNS: tuple[str, ...] = tuple(f"{block}.{proj}" for block in BLOCKS for proj in BLOCK_PROJS[block])
+
+
+def heatmap_column(rows: pd.DataFrame) -> pd.Series:
+    """Each row's heatmap column, ``block.proj`` (one of ``SUBLAYER_COLUMNS``), from string or categorical labels."""
+    return rows["block"].astype(str) + "." + rows["proj"].astype(str)
+
+
+def plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its categorical columns as strings (frames with different categories then concatenate)."""
+    return frame.astype({name: str for name in frame.select_dtypes("category").columns})
 
 
 def rank_heatmap_data(records: pd.DataFrame, value: str = "rank") -> pd.DataFrame:
@@ -28,7 +39,7 @@ def rank_heatmap_data(records: pd.DataFrame, value: str = "rank") -> pd.DataFram
     rows = last_recorded_step(records.dropna(subset=["layer"]))
     if rows.empty:
         raise ValueError("no Q-Former records to draw: the table has no rows with a layer")
-    cells = rows.assign(column=rows["block"].astype(str) + "." + rows["proj"].astype(str)).pivot_table(
+    cells = rows.assign(column=heatmap_column(rows)).pivot_table(
         index="layer", columns="column", values=value, aggfunc="mean"
     )
     layers = range(int(rows["layer"].max()) + 1)
@@ -187,11 +198,8 @@ def importance_data(
     ``include_structural`` is False so that plots can mark it. Rows with no score or no block are dropped.
     """
 
-    rows = records.dropna(subset=["score", "block", "layer"])
-    if step is None:
-        rows = last_recorded_step(rows)
-    else:
-        rows = select_step(rows, step)
+    rows = records.dropna(subset=["block", "layer"])
+    rows = last_scored_step(rows) if step is None else select_step(rows.dropna(subset=["score"]), step)
     if "structural" not in rows.columns:
         rows = mark_structural(rows)
     if not include_structural:

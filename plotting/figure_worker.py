@@ -137,6 +137,17 @@ def draw_all(figures: list[PlannedFigure], out_dir: Path, dpi: int, workers: lis
     return [path for figure in figures for path in written[figure.stem]]
 
 
+def _error_answer(error: Exception, text: str) -> bytes:
+    """The answer for an error: the error itself and its traceback, or the text alone if the error does not
+    come back intact through pickle."""
+    try:
+        payload = pickle.dumps((None, (error, text)))
+        pickle.loads(payload)
+    except Exception:  # noqa: BLE001
+        payload = pickle.dumps((None, (None, text)))
+    return payload
+
+
 def serve(answer_fd: int) -> None:
     """The worker's loop: one answer ``(paths, None)`` or ``(None, (error or None, traceback text))`` per request."""
     from qformer_budget.plotting.figures import draw_and_save
@@ -149,14 +160,9 @@ def serve(answer_fd: int) -> None:
             except EOFError:
                 return
             try:
-                answer = (draw_and_save(figure, out_dir, dpi), None)
+                payload = pickle.dumps((draw_and_save(figure, out_dir, dpi), None))
             except Exception as error:  # noqa: BLE001 - sent back and raised in the calling process
-                answer = (None, (error, traceback.format_exc()))
-            try:
-                payload = pickle.dumps(answer)
-                pickle.loads(payload)  # an error that does not come back intact goes back as its text only
-            except Exception:  # noqa: BLE001
-                payload = pickle.dumps((None, (None, answer[1][1])))
+                payload = _error_answer(error, traceback.format_exc())
             answers.write(payload)
             answers.flush()
 

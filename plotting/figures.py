@@ -21,7 +21,7 @@ from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from qformer_budget.analysis import NORMALIZATIONS, block_share, last_recorded_step
+from qformer_budget.analysis import NORMALIZATIONS, block_share, last_recorded_step, last_scored_step
 from qformer_budget.analysis.load import find_runs, load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
 from qformer_budget.core.layout import method_tag_of
@@ -35,6 +35,7 @@ from .figure_data import (
     heatmap_tables,
     importance_data,
     phase_spans,
+    plain_labels,
     rank_difference_data,
     trajectory_data,
 )
@@ -166,27 +167,15 @@ def _prepare(runs_dir: str | os.PathLike, method: str | None) -> _FigureData:
     for runs in runs_by_benchmark(runs_dir, method).values():
         records = load_runs(runs, columns=FIGURE_COLUMNS, categorical=True)
         pieces["finals"].append(last_recorded_step(records))
-        pieces["scored"].append(_last_scored_step(records))
+        pieces["scored"].append(last_scored_step(records))
         pieces["trajectories"].append(trajectory_data(records, value="share", normalize="rank"))
         pieces["schedules"].append(budget_schedule_data(records))
         pieces["phases"].append(phase_spans(records))
         del records
     # Labels become plain strings: each benchmark's categoricals have their own categories.
     return _FigureData(**{
-        name: pd.concat(frames, ignore_index=True).pipe(_plain_labels) for name, frames in pieces.items()
+        name: plain_labels(pd.concat(frames, ignore_index=True)) for name, frames in pieces.items()
     })
-
-
-def _last_scored_step(records: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each run's last step with scores (peft clears them in the final phase), copying no more."""
-    scored = records["score"].notna()
-    last = records.loc[scored, "step"].groupby(records.loc[scored, "run"], observed=True).max()
-    return records[scored & (records["step"] == records["run"].map(last).astype("float64"))]
-
-
-def _plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
-    labels = frame.select_dtypes("category").columns
-    return frame.astype({name: str for name in labels})
 
 
 def _seeds_text(rows: pd.DataFrame) -> str:
