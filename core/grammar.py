@@ -142,15 +142,8 @@ def resolve_placement(placement: str | dict[str, Iterable[str]]) -> dict[str, tu
     return resolved
 
 
-def target_modules_regex(
-    placement: str | dict[str, Iterable[str]] = "all_linear", layers: Iterable[int] | None = None
-) -> str:
-    """An anchored regex for peft's ``target_modules`` that matches exactly the chosen sublayers.
-
-    peft applies a string ``target_modules`` with ``re.fullmatch`` to every module name, so the
-    regex carries its own prefix and cannot suffix-match ``output.dense`` in other blocks.
-    Matches transformers and LAVIS names alike.
-    """
+def _qformer_regex(placement: str | dict[str, Iterable[str]], layers: Iterable[int] | None) -> str:
+    """The anchored regex of one Q-Former placement, optionally on some layers only."""
     blocks = resolve_placement(placement)
     suffixes = sorted(
         re.escape(suffix) for block, projs in blocks.items() for proj in projs for suffix in _SUFFIXES[block, proj]
@@ -163,6 +156,54 @@ def target_modules_regex(
             raise ValueError(f"layers must be a non-empty set of non-negative integers; got {layer_list}")
         layer_re = "(?:" + "|".join(str(i) for i in layer_list) + ")"
     return _ENCODER_PREFIX + layer_re + r"\.(?:" + "|".join(suffixes) + ")"
+
+
+def placement_regexes(
+    placement: str | dict[str, Iterable[str]] = "all_linear", layers: Iterable[int] | None = None
+) -> dict[str, str]:
+    """One anchored regex per part of ``placement``, keyed by the part's name (a mapping's key is ``"qformer"``).
+
+    ``placement`` is a Q-Former placement (a name of :data:`PLACEMENTS` or a ``{block: projs}`` mapping), a
+    placement of another component (:data:`COMPONENT_PLACEMENTS`), or several names joined with ``+``
+    (``paper_all+llm_all``). ``layers`` chooses Q-Former layers, so it takes Q-Former parts only.
+    """
+    if not isinstance(placement, str):
+        return {"qformer": _qformer_regex(placement, layers)}
+    parts = placement.split("+")
+    if len(set(parts)) < len(parts):
+        raise ValueError(f"placement {placement!r} names a part twice")
+    regexes = {}
+    for part in parts:
+        name = PLACEMENT_ALIASES.get(part, part)
+        if name in PLACEMENTS:
+            regexes[part] = _qformer_regex(name, layers)
+        elif name in COMPONENT_PLACEMENTS:
+            if layers is not None:
+                raise ValueError(f"layers chooses Q-Former layers; placement part {part!r} is outside the Q-Former")
+            regexes[part] = COMPONENT_PLACEMENTS[name][1]
+        else:
+            known = [*PLACEMENTS, *PLACEMENT_ALIASES, *COMPONENT_PLACEMENTS]
+            raise ValueError(f"unknown placement {part!r}; known placements: {', '.join(known)}, joined with '+'")
+    return regexes
+
+
+def placement_component(part: str) -> str:
+    """The component a part of a placement (a key of :func:`placement_regexes`) adapts."""
+    name = PLACEMENT_ALIASES.get(part, part)
+    return COMPONENT_PLACEMENTS[name][0] if name in COMPONENT_PLACEMENTS else "qformer"
+
+
+def target_modules_regex(
+    placement: str | dict[str, Iterable[str]] = "all_linear", layers: Iterable[int] | None = None
+) -> str:
+    """An anchored regex for peft's ``target_modules`` that matches exactly the chosen modules.
+
+    peft applies a string ``target_modules`` with ``re.fullmatch`` to every module name, so the
+    regex carries its own prefix and cannot suffix-match ``output.dense`` in other blocks.
+    Matches transformers and LAVIS names alike. ``placement`` as in :func:`placement_regexes`.
+    """
+    regexes = list(placement_regexes(placement, layers).values())
+    return regexes[0] if len(regexes) == 1 else "(?:" + "|".join(regexes) + ")"
 
 
 def qformer_sublayers(module_names: Iterable[str]) -> dict[str, Sublayer]:
@@ -180,18 +221,50 @@ def qformer_sublayers(module_names: Iterable[str]) -> dict[str, Sublayer]:
 COMPONENTS: tuple[str, ...] = ("vision", "qformer", "llm")
 
 # (component, regex, block of each matched kind): names behind any prefix, transformers and LAVIS spellings.
-_VISION_RE = re.compile(
+_VISION_PATTERN = (
     r"(?:.*\.)?(?:vision_model\.encoder\.layers|visual_encoder\.blocks)\.(?P<layer>\d+)\."
-    r"(?P<kind>self_attn|attn|mlp)\.(?P<proj>qkv|projection|proj|fc1|fc2)"
+    r"(?P<kind>{kinds})\.(?P<proj>{projs})"
 )
-_T5_RE = re.compile(
+_T5_PATTERN = (
     r"(?:.*\.)?(?P<stack>encoder|decoder)\.block\.(?P<layer>\d+)\.layer\.\d+\."
-    r"(?P<kind>SelfAttention|EncDecAttention|DenseReluDense)\.(?P<proj>q|k|v|o|wi|wi_0|wi_1|wo)"
+    r"(?P<kind>{kinds})\.(?P<proj>{projs})"
 )
+# Not inside a vision tower: CLIP-style encoders (LLaVA) name their projections like LLaMA's.
+_LLAMA_PATTERN = r"(?!(?:.*\.)?vision_model\.)(?:.*\.)?layers\.(?P<layer>\d+)\.(?P<kind>{kinds})\.(?P<proj>{projs})"
+_T5_ATTENTION, _T5_FFN = "SelfAttention|EncDecAttention", "DenseReluDense"
+_T5_FFN_PROJS = "wi|wi_0|wi_1|wo"
+_LLAMA_FFN_PROJS = "gate_proj|up_proj|down_proj"
+_VISION_RE = re.compile(_VISION_PATTERN.format(kinds="self_attn|attn|mlp", projs="qkv|projection|proj|fc1|fc2"))
+_T5_RE = re.compile(_T5_PATTERN.format(kinds=f"{_T5_ATTENTION}|{_T5_FFN}", projs=f"q|k|v|o|{_T5_FFN_PROJS}"))
 _LLAMA_RE = re.compile(
-    r"(?:.*\.)?layers\.(?P<layer>\d+)\.(?P<kind>self_attn|mlp)\."
-    r"(?P<proj>q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    _LLAMA_PATTERN.format(kinds="self_attn|mlp", projs=f"q_proj|k_proj|v_proj|o_proj|{_LLAMA_FFN_PROJS}")
 )
+
+
+def _llm_regex(t5_kinds: str, t5_projs: str, llama_kinds: str, llama_projs: str) -> str:
+    """One regex for a placement in T5 / FlanT5 and in LLaMA / Vicuna: each family's names match only their own."""
+    t5 = _T5_PATTERN.format(kinds=t5_kinds, projs=t5_projs)
+    llama = _LLAMA_PATTERN.format(kinds=llama_kinds, projs=llama_projs)
+    return re.sub(r"\(\?P<\w+>", "(?:", f"(?:{t5}|{llama})")
+
+
+# Placements outside the Q-Former: (component, anchored regex). The paper's LLM placements are its peft
+# target_modules (AttentionX/InstructBLIP_PEFT): LoRA on q and v only for attention, every FFN matrix; "all
+# linear" is every Linear inside the component's layers (like peft's "all-linear", the LM head is left out).
+_LLM_ATTN = _llm_regex(_T5_ATTENTION, "q|v", "self_attn", "q_proj|v_proj")
+_LLM_FFN = _llm_regex(_T5_FFN, _T5_FFN_PROJS, "mlp", _LLAMA_FFN_PROJS)
+COMPONENT_PLACEMENTS: dict[str, tuple[str, str]] = {
+    "llm_attn": ("llm", _LLM_ATTN),
+    "llm_ffn": ("llm", _LLM_FFN),
+    "llm_all": ("llm", f"(?:{_LLM_ATTN}|{_LLM_FFN})"),
+    "llm_all_linear": ("llm", _llm_regex(
+        f"{_T5_ATTENTION}|{_T5_FFN}", f"q|k|v|o|{_T5_FFN_PROJS}", "self_attn|mlp",
+        f"q_proj|k_proj|v_proj|o_proj|{_LLAMA_FFN_PROJS}",
+    )),
+    "vision_all_linear": ("vision", re.sub(r"\(\?P<\w+>", "(?:", _VISION_RE.pattern)),
+}
+# Other names of Q-Former placements: the paper calls its "all" placement the Q-Former's.
+PLACEMENT_ALIASES: dict[str, str] = {"qformer_all": "paper_all", "qformer_all_linear": "all_linear"}
 _T5_BLOCKS = {
     ("encoder", "SelfAttention"): "enc_self_attn",
     ("encoder", "DenseReluDense"): "enc_ffn",

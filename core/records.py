@@ -8,26 +8,32 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from qformer_budget.core.grammar import parse_sublayer
+from qformer_budget.core.grammar import ModulePosition, Sublayer, parse_module, parse_sublayer
 from qformer_budget.core.schema import RECORD_SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """An adapted module: its name in the base model and where it sits in the Q-Former."""
+    """An adapted module: its name in the base model and where it sits in the model."""
 
     module: str
     in_features: int
     out_features: int
 
     @property
-    def sublayer(self):
+    def sublayer(self) -> Sublayer | None:
+        """Where it sits in the Q-Former; None elsewhere."""
         return parse_sublayer(self.module)
 
     @property
+    def position(self) -> ModulePosition | None:
+        """Where it sits in the whole model (``grammar.parse_module``); None for a name the grammar does not know."""
+        return parse_module(self.module)
+
+    @property
     def label(self) -> str:
-        sub = self.sublayer
-        return sub.label if sub is not None else self.module
+        position = self.position
+        return position.label if position is not None else self.module
 
 
 @dataclass(frozen=True)
@@ -91,16 +97,20 @@ class StepRecord:
         return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
 
 
+OTHER = "other"  # component and block of a module the grammar does not name (an adapter added by hand)
+
+
 @lru_cache(maxsize=8)
 def _module_columns(modules: tuple[ModuleInfo, ...]) -> dict[str, pa.Array]:
     """The columns that describe the modules: the same for every step of a run, so built once."""
-    subs = [m.sublayer for m in modules]
+    positions = [m.position for m in modules]
     return {
         "module": pa.array([m.module for m in modules], pa.string()),
+        "component": pa.array([p.component if p else OTHER for p in positions], pa.string()),
         "sublayer": pa.array([m.label for m in modules], pa.string()),
-        "layer": pa.array([s.layer if s else None for s in subs], pa.int16()),
-        "block": pa.array([s.block if s else "other" for s in subs], pa.string()),
-        "proj": pa.array([s.proj if s else m.module.rsplit(".", 1)[-1] for s, m in zip(subs, modules)]),
+        "layer": pa.array([p.layer if p else None for p in positions], pa.int16()),
+        "block": pa.array([p.block if p else OTHER for p in positions], pa.string()),
+        "proj": pa.array([p.proj if p else m.module.rsplit(".", 1)[-1] for p, m in zip(positions, modules)]),
         "in_features": pa.array([m.in_features for m in modules], pa.int32()),
         "out_features": pa.array([m.out_features for m in modules], pa.int32()),
     }

@@ -33,6 +33,7 @@ from .schema import (
     COLUMN_NAMES,
     COMPACTED_PARTS_KEY,
     PHASES,
+    READABLE_VERSIONS,
     RECORD_SCHEMA,
     RECORDS_FILE,
     RECORDS_PARTS_DIR,
@@ -42,6 +43,7 @@ from .schema import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
     STRING_COLUMNS,
+    V1_COMPONENT,
 )
 
 
@@ -59,10 +61,8 @@ def read_run_meta(run_dir: Path) -> dict:
         raise RecordError(f"{meta_file}: not a readable run description ({exc})") from exc
     if not isinstance(meta, dict) or "schema_version" not in meta:
         raise RecordError(f"{meta_file}: missing field 'schema_version'; is this a qformer-budget run?")
-    if meta["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(
-            f"{meta_file}: schema_version {meta['schema_version']!r}, this qformer-budget reads version {SCHEMA_VERSION}"
-        )
+    if meta["schema_version"] not in READABLE_VERSIONS:
+        raise RecordError(f"{meta_file}: schema_version {meta['schema_version']!r}, {_READS}")
     return meta
 
 
@@ -80,6 +80,8 @@ Filters = pc.Expression | Sequence[tuple] | Sequence[Sequence[tuple]]
 
 
 _LABELS = pa.dictionary(pa.int32(), pa.string())
+_READS = "this qformer-budget reads versions " + " and ".join(str(v) for v in READABLE_VERSIONS)
+V1_COLUMNS = tuple(c for c in COLUMN_NAMES if c != "component")
 
 
 def read_schema(columns: list[str], categorical: bool) -> pa.Schema:
@@ -111,48 +113,63 @@ def read_record_file(
         file_schema = pq.read_schema(path)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise RecordError(f"{path}: not a readable Parquet record file ({exc})") from exc
-    version = (file_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
-    if version is not None and version != str(SCHEMA_VERSION).encode():
-        raise RecordError(
-            f"{path}: schema_version {version.decode(errors='replace')}, "
-            f"this qformer-budget reads version {SCHEMA_VERSION}"
-        )
-    missing = [c for c in COLUMN_NAMES if c not in file_schema.names]
+    stated = (file_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+    if stated is not None and stated not in {str(v).encode() for v in READABLE_VERSIONS}:
+        raise RecordError(f"{path}: schema_version {stated.decode(errors='replace')}, {_READS}")
+    # Without metadata (a file rewritten by other tools), the columns say the version; the values are checked below.
+    version = int(stated) if stated is not None else (SCHEMA_VERSION if "component" in file_schema.names else 1)
+    missing = [c for c in (COLUMN_NAMES if version >= 2 else V1_COLUMNS) if c not in file_schema.names]
     if missing:
         raise RecordError(f"{path}: missing record columns {missing}")
     wrong = [  # a cast would turn integer phases into the strings "0", "1", ...: compare what they hold
         f"{name} ({file_schema.field(name).type}, expected {RECORD_SCHEMA.field(name).type})"
         for name in columns
-        if _kind(file_schema.field(name).type) != _kind(RECORD_SCHEMA.field(name).type)
+        if name in file_schema.names and _kind(file_schema.field(name).type) != _kind(RECORD_SCHEMA.field(name).type)
     ]
     if wrong:
         raise RecordError(f"{path}: record columns have the wrong types: {', '.join(wrong)}")
-    labels = [c for c in columns if c in STRING_COLUMNS] if categorical else None
+    read_columns, read_filters = columns, filters
+    if version == 1:  # no component column: it is added, and filters (which may name it) applied after
+        read_columns = [c for c in columns if c != "component"]
+        if filters is not None:
+            scalar = [f.name for f in file_schema if not pa.types.is_list(f.type) and f.name not in read_columns]
+            read_columns, read_filters = read_columns + scalar, None
+    labels = [c for c in read_columns if c in STRING_COLUMNS] if categorical else None
     try:
-        table = pq.read_table(path, columns=columns, filters=filters, read_dictionary=labels)
+        table = pq.read_table(path, columns=read_columns, filters=read_filters, read_dictionary=labels)
         table.validate(full=True)  # damaged values (labels past their dictionary) fail here, not in pandas
+        if version == 1:
+            table = _as_version_2(table, filters)
     except (OSError, ValueError, pa.ArrowException) as exc:
         with_filters = "" if filters is None else f" with the filters {filters}"
         raise RecordError(f"{path}: not a readable Parquet record file{with_filters} ({exc})") from exc
     try:
-        table = table.cast(read_schema(columns, categorical))
+        table = table.select(columns).cast(read_schema(columns, categorical))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise RecordError(f"{path}: record columns have the wrong types ({exc})") from exc
-    _check_values(path, table, versions=None if version is not None else pq.read_table(path, columns=["schema_version"]))
+    versions = None if stated is not None else pq.read_table(path, columns=["schema_version"])
+    _check_values(path, table, version, versions)
     return table
 
 
-def _check_values(path: Path, table: pa.Table, versions: pa.Table | None) -> None:
+def _as_version_2(table: pa.Table, filters: Filters | None) -> pa.Table:
+    """Version-1 rows (Q-Former records) with their ``component`` column, then ``filters`` applied."""
+    table = table.append_column("component", pa.array([V1_COMPONENT] * table.num_rows, pa.string()))
+    if filters is None:
+        return table
+    return table.filter(filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters))
+
+
+def _check_values(path: Path, table: pa.Table, version: int, versions: pa.Table | None) -> None:
     """Refuse values no recorder writes, naming the file and the column (types are checked already).
 
-    ``versions`` is the ``schema_version`` column, read when the file's metadata does not say its version.
+    ``versions`` is the ``schema_version`` column, read when the file's metadata does not say its ``version``.
     """
     if versions is not None:
-        found = sorted(set(pc.unique(versions["schema_version"]).to_pylist()) - {SCHEMA_VERSION})
+        found = sorted(set(pc.unique(versions["schema_version"]).to_pylist()) - {version})
         if found:
-            raise RecordError(
-                f"{path}: column schema_version holds {found}, this qformer-budget reads version {SCHEMA_VERSION}"
-            )
+            columns = "its columns are version 1's (no component)" if version == 1 else "it has version 2's columns"
+            raise RecordError(f"{path}: column schema_version holds {found}, but {columns}; {_READS}")
     names = table.column_names
     if "phase" in names:
         phases = pc.unique(table["phase"].cast(pa.string())).to_pylist()

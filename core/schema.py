@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added ``component``; version-1 records (Q-Former only) are read with ``component`` ``"qformer"``."""
+V1_COMPONENT = "qformer"
 
 RUN_META_FILE = "run.json"
 RECORDS_FILE = "records.parquet"
@@ -32,10 +35,11 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("phase", pa.string(), "AdaLoRA phase at this step: warmup, budgeting or final"),
     ("mask_step", pa.bool_(), "peft masked singular values at this step"),
     ("module", pa.string(), "full module name in the base model"),
-    ("sublayer", pa.string(), "grammar label L{layer:02d}.{block}.{proj}"),
-    ("layer", pa.int16(), "Q-Former layer index"),
-    ("block", pa.string(), "self_attn, cross_attn, ffn_query or ffn_text"),
-    ("proj", pa.string(), "query, key, value, output, intermediate"),
+    ("component", pa.string(), "vision, qformer or llm (version 2; version-1 records read as qformer)"),
+    ("sublayer", pa.string(), "grammar label: L{layer:02d}.{block}.{proj} in the Q-Former, llm.L05.dec_ffn.wo elsewhere"),
+    ("layer", pa.int16(), "layer index within the component; null outside the layers (projection, LM head)"),
+    ("block", pa.string(), "Q-Former: self_attn, cross_attn, ffn_query, ffn_text; LLM and vision: see the grammar"),
+    ("proj", pa.string(), "Q-Former: query, key, value, output, intermediate; others their own (q, wo, q_proj...)"),
     ("in_features", pa.int32(), "input width of the Linear"),
     ("out_features", pa.int32(), "output width of the Linear"),
     ("init_r", pa.int16(), "initial rank (AdaLoRA init_r)"),

@@ -13,7 +13,7 @@ from typing import Any
 from peft import AdaLoraConfig
 
 from qformer_budget.core.adalora_rules import AdaLoraSchedule, check_ranks
-from qformer_budget.core.grammar import resolve_placement, target_modules_regex
+from qformer_budget.core.grammar import PLACEMENTS, placement_regexes, resolve_placement, target_modules_regex
 
 
 @dataclass
@@ -47,10 +47,13 @@ class TrainingPlan:
 
 @dataclass
 class AdaLoraSetup:
-    """AdaLoRA hyperparameters and the Q-Former sublayers to adapt.
+    """AdaLoRA hyperparameters and the modules to adapt, which share one rank budget.
 
-    ``placement`` is a name from ``taxonomy.PLACEMENTS`` or a ``{block: [projs]}`` mapping;
-    ``target_regex`` overrides it with a regex of your own (still refused if it matches nothing).
+    ``placement`` is a Q-Former placement (a name from ``grammar.PLACEMENTS`` or a ``{block: [projs]}``
+    mapping), a placement of the vision encoder or the LLM (``grammar.COMPONENT_PLACEMENTS``: ``llm_attn``,
+    ``llm_ffn``, ``llm_all``, ``llm_all_linear``, ``vision_all_linear``), or names joined with ``+``
+    (``paper_all+llm_all``, the paper's Q-Former + LLM). ``layers`` chooses Q-Former layers.
+    ``target_regex`` overrides the placement with a regex of your own (still refused if it matches nothing).
     """
 
     total_step: int
@@ -78,7 +81,9 @@ class AdaLoraSetup:
         if self.orth_reg_weight < 0:
             raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
         if self.target_regex is None:
-            self.placement = {b: list(p) for b, p in resolve_placement(self.placement).items()}
+            regexes = placement_regexes(self.placement, self.layers)  # refuses unknown parts
+            if list(regexes) == ["qformer"] or (isinstance(self.placement, str) and self.placement in PLACEMENTS):
+                self.placement = {b: list(p) for b, p in resolve_placement(self.placement).items()}
 
     @classmethod
     def from_plan(
@@ -112,6 +117,13 @@ class AdaLoraSetup:
         if self.target_regex is not None:
             return self.target_regex
         return target_modules_regex(self.placement, self.layers)
+
+    @property
+    def regexes(self) -> dict[str, str]:
+        """One regex per part of the placement (``grammar.placement_regexes``); the target regex alone if given."""
+        if self.target_regex is not None:
+            return {"target_regex": self.target_regex}
+        return placement_regexes(self.placement, self.layers)
 
     def to_peft_config(self) -> AdaLoraConfig:
         return AdaLoraConfig(

@@ -4,7 +4,10 @@ Every live-view sink logs the same values under the same tags, at the 1-based st
 
 - ``budget/total``: the budget of peft's schedule; ``budget/threshold``: the mask threshold (mask steps only);
 - ``rank/<block>`` and ``share/<block>``: kept directions per block (``self_attn``, ``cross_attn``,
-  ``ffn_query``, ``ffn_text``; ``other`` for modules outside the Q-Former) and their share of the total;
+  ``ffn_query``, ``ffn_text``; outside the Q-Former prefixed with the component, ``llm.dec_ffn``; ``other``
+  for a module the grammar does not name) and their share of the total;
+- ``rank/<component>`` and ``share/<component>`` (``vision``, ``qformer``, ``llm``) when several components
+  share the budget;
 - ``rank/<sublayer>``: kept directions per module, by grammar label (``rank/L02.cross_attn.value``);
 - ``score/<block>``: sum of the triplet scores per block, while peft holds scores;
 - ``heatmap/rank``: the layer x sublayer rank heatmap, at mask steps only (drawing is the costly part).
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qformer_budget.core.grammar import in_block_order
+from qformer_budget.core.grammar import COMPONENTS, in_block_order
 from qformer_budget.core.records import ModuleInfo, StepRecord
 
 from .sinks import RecordSink
@@ -73,12 +76,19 @@ class LiveViewSink(RecordSink):
 
     def _index_modules(self, modules: tuple[ModuleInfo, ...]) -> None:
         """Per-module labels and block indices, computed once per run (the module list never changes)."""
-        subs = [m.sublayer for m in modules]
-        module_blocks = [s.block if s is not None else OTHER_BLOCK for s in subs]
+        positions = [m.position for m in modules]
+        module_blocks = [
+            OTHER_BLOCK if p is None else p.block if p.component == "qformer" else f"{p.component}.{p.block}"
+            for p in positions
+        ]
         self._blocks = in_block_order(module_blocks)
         self._block_of = np.array([self._blocks.index(b) for b in module_blocks])
+        module_components = [OTHER_BLOCK if p is None else p.component for p in positions]
+        present = [c for c in (*COMPONENTS, OTHER_BLOCK) if c in module_components]
+        self._components = present if len(present) > 1 else []
+        self._component_of = np.array([present.index(c) for c in module_components])
         self._labels = [m.label for m in modules]
-        self._qformer_present = any(s is not None for s in subs)
+        self._qformer_present = "qformer" in module_components
         self._modules = modules
 
     def _per_block(self, values: np.ndarray) -> np.ndarray:
@@ -94,10 +104,11 @@ class LiveViewSink(RecordSink):
         ranks = record.ranks
         block_ranks = self._per_block(ranks)
         total = block_ranks.sum()
-        for block, rank in zip(self._blocks, block_ranks):
-            values[f"rank/{block}"] = float(rank)
+        component_ranks = np.bincount(self._component_of, weights=ranks, minlength=len(self._components))
+        for unit, rank in [*zip(self._blocks, block_ranks), *zip(self._components, component_ranks)]:
+            values[f"rank/{unit}"] = float(rank)
             if total > 0:  # a share of nothing is undefined
-                values[f"share/{block}"] = float(rank / total)
+                values[f"share/{unit}"] = float(rank / total)
         values.update((f"rank/{label}", float(rank)) for label, rank in zip(self._labels, ranks))
         if record.direction_scores is not None:
             for block, score in zip(self._blocks, self._per_block(record.scores)):

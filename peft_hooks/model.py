@@ -1,4 +1,4 @@
-"""Put AdaLoRA on chosen Q-Former sublayers, and find it again inside wrapped models.
+"""Put AdaLoRA on chosen modules of the vision encoder, Q-Former and LLM, and find it again inside wrapped models.
 
 On a ``PeftModel`` built without ``task_type`` peft silently skips AdaLoRA's orthogonal regulariser;
 :func:`add_adalora` returns a model whose forward applies it.
@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.adalora import AdaLoraModel
 
-from qformer_budget.core.grammar import qformer_sublayers
+from qformer_budget.core.grammar import parse_module, placement_component
 
 from .config import AdaLoraSetup
 from .peft_internals import allocator_takes, peft_forward_hooks
@@ -43,38 +43,54 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+COMPONENT_NAMES = {"vision": "vision encoder", "qformer": "Q-Former", "llm": "language model"}
+
+
 def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = None) -> AdaLoraPeftModel:
-    """Wrap ``model`` with AdaLoRA on the Q-Former sublayers that ``setup`` chooses.
+    """Wrap ``model`` with AdaLoRA on the modules that ``setup`` chooses, all sharing one rank budget.
 
     Everything but the adapter is frozen. With ``seed``, the adapter's random initialisation is
     drawn from that seed (leaving the global RNG untouched), so runs are reproducible; a recorder labels its
-    records with that seed (:func:`adapter_seed`). Raises ValueError naming the model class when it has no
-    Q-Former, and naming the regex when it matches no Q-Former Linear.
+    records with that seed (:func:`adapter_seed`). Raises ValueError naming the model class and the placement
+    part when a part's component is missing from the model or the part matches no Linear layer, and naming
+    the module when the placement reaches a Linear the grammar (``parse_module``) cannot name.
     """
     linear_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    sublayers = qformer_sublayers(linear_names)
-    if not sublayers:
-        raise ValueError(
-            f"{type(model).__name__} has no Q-Former: no Linear layer is named like "
-            "'qformer.encoder.layer.N...' (transformers) or 'Qformer.bert.encoder.layer.N...' (LAVIS)"
-        )
+    model_name = type(model).__name__
+    positions = {name: parse_module(name) for name in linear_names}
+    present = {position.component for position in positions.values() if position is not None}
+    for part, regex in setup.regexes.items():
+        pattern = re.compile(regex)
+        if any(pattern.fullmatch(name) for name in linear_names):
+            continue
+        component = None if setup.target_regex is not None else placement_component(part)
+        named = "the Q-Former placement" if part == "qformer" else f"placement {part!r}"
+        if component is not None and component not in present:
+            raise ValueError(
+                f"{model_name} has no {COMPONENT_NAMES[component]}: {named} adapts it, and no Linear layer "
+                f"of the model is named like one (the grammar finds {_listed(present)})"
+            )
+        example = next((n for n, p in positions.items() if p is not None and p.component == component), None)
+        hint = f"; {COMPONENT_NAMES[component]} Linear names look like {example!r}" if example else ""
+        what = f"target regex {regex!r}" if component is None else f"{named} (regex {regex!r})"
+        raise ValueError(f"{what} matches no Linear layer of {model_name}{hint}")
     pattern = re.compile(setup.regex)
-    matched = [n for n in linear_names if pattern.fullmatch(n)]
-    if not matched:
+    unnamed = [n for n in linear_names if pattern.fullmatch(n) and positions[n] is None]
+    if unnamed:
         raise ValueError(
-            f"target regex {setup.regex!r} matches no Linear layer of {type(model).__name__}; "
-            f"Q-Former Linear names look like {next(iter(sublayers))!r}"
-        )
-    outside = [n for n in matched if n not in sublayers]
-    if outside:
-        raise ValueError(
-            f"target regex {setup.regex!r} matches {len(outside)} Linear layers outside the Q-Former "
-            f"(first: {outside[0]!r}); qformer-budget records Q-Former sublayers only"
+            f"target regex {setup.regex!r} matches {len(unnamed)} Linear layers the grammar cannot name "
+            f"(first: {unnamed[0]!r}); qformer-budget records the vision encoder, Q-Former and LLM layers "
+            "that peft_hooks.parse_module names"
         )
     with seeded(seed):
         peft_model = AdaLoraPeftModel(model, setup.to_peft_config(), adapter_name=setup.adapter_name)
     setattr(peft_model.base_model, _ADAPTER_SEED, seed)
     return peft_model
+
+
+def _listed(components: set[str]) -> str:
+    names = [COMPONENT_NAMES[c] for c in COMPONENT_NAMES if c in components]
+    return ", ".join(names) if names else "no vision encoder, Q-Former or language model"
 
 
 _ADAPTER_SEED = "qformer_budget_adapter_seed"

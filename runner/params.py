@@ -8,9 +8,9 @@ Placements (Kim et al. 2024; their code, AttentionX/InstructBLIP_PEFT):
 
 - Q-Former: any placement of :data:`qformer_budget.core.grammar.PLACEMENTS`, the paper's being ``self_attn_qv``,
   ``cross_attn_qkvo``, ``ffn_text_query`` and ``paper_all`` (``qformer_all`` is another name for it);
-- LLM: ``llm_attn``, ``llm_ffn``, ``llm_all`` with the paper's ``target_modules`` (:data:`LLM_TARGETS`),
-  matched as peft matches a list (module name ending in ``.<target>``), inside the language model only;
-- combinations joined with ``+``, such as ``qformer_all+llm_all``.
+- LLM and vision encoder: :data:`qformer_budget.core.grammar.COMPONENT_PLACEMENTS`, the paper's being
+  ``llm_attn``, ``llm_ffn`` and ``llm_all`` (its ``target_modules``: q and v of every attention, every FFN matrix);
+- combinations joined with ``+``, such as ``qformer_all+llm_all``: the same placements ``add_adalora`` takes.
 
 The full Q-Former fine-tuning baseline trains the Q-Former, the query tokens and the language projection, as
 the paper's code does.
@@ -19,14 +19,12 @@ the paper's code does.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
 from torch import nn
 
-from qformer_budget.core.grammar import PLACEMENTS as QFORMER_PLACEMENTS
 from qformer_budget.core.grammar import target_modules_regex
 from qformer_budget.vl_methods.memvp.config import MemVPConfig, memvp_trainable_parameters
 from qformer_budget.vl_methods.memvp.layer import find_ffns
@@ -34,19 +32,16 @@ from qformer_budget.vl_methods.memvp.layer import find_ffns
 from .methods import METHODS, MethodSettings
 from .presets import PRESETS, BlipModel, build_on_meta, get_preset
 
-# The paper's LLM target_modules: LoRA on q and v only for attention; "wi" is listed for non-gated T5 models.
-LLM_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "t5": {"llm_attn": ("q", "v"), "llm_ffn": ("wi", "wo", "wi_1", "wi_0")},
-    "llama": {"llm_attn": ("q_proj", "v_proj"), "llm_ffn": ("gate_proj", "up_proj", "down_proj")},
-}
 LLM_PLACEMENTS: tuple[str, ...] = ("llm_attn", "llm_ffn", "llm_all")
 QFORMER_ALL = "qformer_all"  # the paper's "all" Q-Former placement, taxonomy's paper_all
 PAPER_PLACEMENTS: tuple[str, ...] = (
     "self_attn_qv", "cross_attn_qkvo", "ffn_text_query", "paper_all", *LLM_PLACEMENTS,
     f"{QFORMER_ALL}+llm_all",
 )
-# What `qformer-budget params` lists: the paper's placements and every Q-Former Linear (the demo's all_linear).
-TABLE_PLACEMENTS: tuple[str, ...] = (*PAPER_PLACEMENTS[:4], "all_linear", *PAPER_PLACEMENTS[4:])
+# What `qformer-budget params` lists: the paper's placements, every Q-Former Linear (the demo's all_linear) and
+# the joint study's shared budget over every Q-Former and LLM Linear.
+JOINT_PLACEMENT = "all_linear+llm_all_linear"
+TABLE_PLACEMENTS: tuple[str, ...] = (*PAPER_PLACEMENTS[:4], "all_linear", *PAPER_PLACEMENTS[4:], JOINT_PLACEMENT)
 PAPER_RANKS: tuple[int, ...] = (1, 2, 4, 8)
 MEMVP_PLACEMENT = "llm_ffn_memory"  # MemVP's row: visual memory in every FFN block of the LM, no rank
 TABLE_COLUMNS: tuple[str, ...] = (
@@ -123,10 +118,10 @@ def memvp_row(preset: str) -> tuple[str, int, int]:
 
 
 def target_linears(preset: str, placement: str) -> tuple[LinearShape, ...]:
-    """The Linear layers of ``preset`` that ``placement`` puts adapters on, in model order."""
-    info = census(preset)
-    matchers = [_matcher(part, info.llm_family) for part in placement.split("+")]
-    return tuple(linear for linear in info.linears if any(match(linear.name) for match in matchers))
+    """The Linear layers of ``preset`` that ``placement`` puts adapters on, in model order: those whose name
+    the placement's peft regex matches (``grammar.target_modules_regex``)."""
+    pattern = re.compile(target_modules_regex(placement))
+    return tuple(linear for linear in census(preset).linears if pattern.fullmatch(linear.name))
 
 
 def per_unit_rank(preset: str, placement: str, method: str = "lora") -> int:
@@ -211,17 +206,3 @@ def _check_method(method: str) -> None:
 def _per_unit_rank(targets: tuple[LinearShape, ...], method: str) -> int:
     _check_method(method)  # also when no module matches
     return sum(adapter_parameters(t.in_features, t.out_features, 1, method) for t in targets)
-
-
-def _matcher(part: str, llm_family: str) -> Callable[[str], bool]:
-    """A predicate on full module names for one ``+``-separated part of a placement."""
-    qformer_placement = "paper_all" if part == QFORMER_ALL else part
-    if qformer_placement in QFORMER_PLACEMENTS:
-        pattern = re.compile(target_modules_regex(qformer_placement))
-        return lambda name: pattern.fullmatch(name) is not None
-    if part in LLM_PLACEMENTS:
-        targets = LLM_TARGETS[llm_family]
-        suffixes = targets["llm_attn"] + targets["llm_ffn"] if part == "llm_all" else targets[part]
-        return lambda name: name.startswith("language_model.") and name.rsplit(".", 1)[-1] in suffixes
-    known = [*QFORMER_PLACEMENTS, QFORMER_ALL, *LLM_PLACEMENTS]
-    raise ValueError(f"unknown placement {part!r}; placements are {', '.join(known)}, joined with '+'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.core.schema import SCHEMA_VERSION
 from qformer_budget.peft_hooks.sinks import ParquetSink
 
 # A two-layer Q-Former slice for hand-computed metrics, as (layer, block, proj, in_features, out_features):
@@ -46,7 +47,7 @@ def fake_record(global_step: int, kept: np.ndarray, benchmark="bench", seed=0, m
 
 def write_fake_run(run_dir, records: list[StepRecord], close: bool = True) -> None:
     sink = ParquetSink(run_dir)
-    sink.start({"schema_version": 1, "benchmark": records[0].benchmark, "seed": records[0].seed})
+    sink.start({"schema_version": SCHEMA_VERSION, "benchmark": records[0].benchmark, "seed": records[0].seed})
     for record in records:
         sink.write(record)
     if close:

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, Trainer
 
 from qformer_budget.analysis import RecordError, load_runs
@@ -87,9 +88,10 @@ def regex_matching_nothing(folder: Path) -> Action:
     return lambda: add_adalora(model, setup)
 
 
-def regex_outside_qformer(folder: Path) -> Action:
+def regex_outside_grammar(folder: Path) -> Action:
     model, _ = build_tiny_instructblip(seed=0)
-    return lambda: add_adalora(model, AdaLoraSetup(total_step=20, target_regex=r".*\.(query|q)"))
+    model.value_head = torch.nn.Linear(4, 1)  # a head of the user's own, which the grammar cannot name
+    return lambda: add_adalora(model, AdaLoraSetup(total_step=20, target_regex=r".*\.(query|q)|value_head"))
 
 
 def setup_with(**settings) -> Callable[[Path], Action]:
@@ -201,10 +203,10 @@ def with_column(name: str, values: pa.Array) -> Callable[[pa.Table], pa.Table]:
     return lambda table: table.set_column(table.schema.get_field_index(name), name, values)
 
 
-def as_schema_version_2(table: pa.Table) -> pa.Table:
-    """Records as a newer qformer-budget would write them: version 2 in the column and the file metadata."""
-    table = with_column("schema_version", pa.array(np.full(table.num_rows, 2, dtype=np.int16)))(table)
-    return table.replace_schema_metadata({"qformer_budget.schema_version": "2"})
+def as_schema_version_3(table: pa.Table) -> pa.Table:
+    """Records as a newer qformer-budget would write them: version 3 in the column and the file metadata."""
+    table = with_column("schema_version", pa.array(np.full(table.num_rows, 3, dtype=np.int16)))(table)
+    return table.replace_schema_metadata({"qformer_budget.schema_version": "3"})
 
 
 def truncated_run_json(run_dir: Path) -> None:
@@ -310,9 +312,9 @@ CASES: tuple[BadInput, ...] = (
         r"target regex '.*attn\\\\.q' matches no Linear layer of InstructBlipForConditionalGeneration",
     ),
     BadInput(
-        "regex-outside-qformer", "target_regex that also matches the language model's attention",
-        regex_outside_qformer, ValueError,
-        r"matches \d+ Linear layers outside the Q-Former \(first: 'language_model\..*\.q'\)",
+        "regex-outside-grammar", "target_regex that also matches a head of the user's own, outside the grammar",
+        regex_outside_grammar, ValueError,
+        r"matches 1 Linear layers the grammar cannot name \(first: 'value_head'\)",
     ),
     BadInput(
         "schedule-no-budgeting-phase", "tinit >= total_step - tfinal (tinit=45, tfinal=5, total_step=50)",
@@ -368,9 +370,9 @@ CASES: tuple[BadInput, ...] = (
         r"damaged/run\.json: missing field 'schema_version'",
     ),
     BadInput(
-        "run-json-newer-schema", "run.json with schema_version 2",
-        damaged_run(write_file("run.json", '{"schema_version": 2, "status": "finished"}')), RecordError,
-        r"damaged/run\.json: schema_version 2, this qformer-budget reads version 1",
+        "run-json-newer-schema", "run.json with schema_version 3",
+        damaged_run(write_file("run.json", '{"schema_version": 3, "status": "finished"}')), RecordError,
+        r"damaged/run\.json: schema_version 3, this qformer-budget reads versions 1 and 2",
     ),
     BadInput(
         "records-missing-column", "records.parquet without the rank column",
@@ -383,9 +385,9 @@ CASES: tuple[BadInput, ...] = (
         RecordError, r"damaged/records\.parquet: record columns have the wrong types",
     ),
     BadInput(
-        "records-newer-schema", "records.parquet written with schema_version 2 (run.json says 1)",
-        damaged_run(rewrite_records(as_schema_version_2)), RecordError,
-        r"damaged/records\.parquet: schema_version 2, this qformer-budget reads version 1",
+        "records-newer-schema", "records.parquet written with schema_version 3 (run.json says 2)",
+        damaged_run(rewrite_records(as_schema_version_3)), RecordError,
+        r"damaged/records\.parquet: schema_version 3, this qformer-budget reads versions 1 and 2",
     ),
     BadInput(
         "config-unknown-key", "sweep config with [training] learning_rat (typo)",

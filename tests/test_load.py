@@ -116,7 +116,7 @@ def test_closed_run_reads_without_warning(tmp_path, recwarn):
     [
         ("{not json", r"run.json: not a readable run description"),
         (json.dumps({"benchmark": "x"}), r"run.json: missing field 'schema_version'"),
-        (json.dumps({"schema_version": 99}), r"run.json: schema_version 99, this qformer-budget reads version 1"),
+        (json.dumps({"schema_version": 99}), r"run.json: schema_version 99, this qformer-budget reads versions 1 and 2"),
     ],
 )
 def test_bad_run_description_names_file(two_runs, content, message):
@@ -202,6 +202,6 @@ def test_errors_name_the_file_with_columns_and_filters(two_runs):
 
 def test_newer_record_file_names_file(two_runs):
     path = two_runs / "a" / "seed0" / "records.parquet"
-    _rewrite(path, pq.read_table(path).replace_schema_metadata({"qformer_budget.schema_version": "2"}))
-    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: schema_version 2, this qformer-budget reads version 1"):
+    _rewrite(path, pq.read_table(path).replace_schema_metadata({"qformer_budget.schema_version": "3"}))
+    with pytest.raises(RecordError, match=r"a/seed0/records.parquet: schema_version 3, this qformer-budget reads versions 1 and 2"):
         load_runs(two_runs, columns=["step"])

@@ -89,11 +89,11 @@ def _rewrite_records(run_dir, edit):
 
 def test_a_schema_version_column_from_the_future_is_refused_without_metadata(runs):
     def future(table):
-        column = pa.array(np.full(table.num_rows, 2, dtype=np.int16))
+        column = pa.array(np.full(table.num_rows, 3, dtype=np.int16))
         return table.set_column(table.schema.get_field_index("schema_version"), "schema_version", column).replace_schema_metadata(None)
 
     _rewrite_records(runs / "b", future)
-    with pytest.raises(RecordError, match=r"runs/b/records.parquet: column schema_version holds \[2\], this qformer-budget reads version 1"):
+    with pytest.raises(RecordError, match=r"runs/b/records.parquet: column schema_version holds \[3\], but it has version 2's columns; this qformer-budget reads versions 1 and 2"):
         load_runs(runs, columns=["step", "rank"])
 
 

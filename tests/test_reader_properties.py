@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qformer_budget.analysis import RecordError, load_runs
-from qformer_budget.core.grammar import _SUFFIXES, Sublayer, parse_sublayer, target_modules_regex
+from qformer_budget.core.grammar import _SUFFIXES, Sublayer, parse_module, parse_sublayer, target_modules_regex
 from qformer_budget.core.records import ModuleInfo, StepRecord
 from qformer_budget.core.schema import (
     COLUMN_NAMES,
@@ -118,16 +118,17 @@ def expected_rows(run_dir: Path, records: list[StepRecord], closed: bool) -> lis
     rows = []
     for record in records:
         for i, module in enumerate(record.modules):
-            sublayer = parse_sublayer(module.module)
+            position = parse_module(module.module)
             scores = None if record.direction_scores is None else record.direction_scores[i].tolist()
             rows.append({
                 "run": str(run_dir), "benchmark": record.benchmark, "seed": record.seed,
                 "step": record.global_step + 1, "global_step": record.global_step, "phase": record.phase,
                 "mask_step": record.mask_step, "module": module.module,
-                "sublayer": module.module if sublayer is None else sublayer.label,
-                "layer": None if sublayer is None else sublayer.layer,
-                "block": "other" if sublayer is None else sublayer.block,
-                "proj": module.module.rsplit(".", 1)[-1] if sublayer is None else sublayer.proj,
+                "component": "other" if position is None else position.component,
+                "sublayer": module.module if position is None else position.label,
+                "layer": None if position is None else position.layer,
+                "block": "other" if position is None else position.block,
+                "proj": module.module.rsplit(".", 1)[-1] if position is None else position.proj,
                 "in_features": module.in_features, "out_features": module.out_features,
                 "init_r": record.init_r, "rank": int(record.direction_kept[i].sum()),
                 "score": math.nan if scores is None else float(np.sum(np.array(scores, dtype=np.float64))),

@@ -23,38 +23,16 @@ from qformer_budget.peft_hooks import sinks as sinks_module
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
-from tiny_training import record_random_steps, tiny_adalora, tiny_setup, train_with_loop, train_with_trainer
+from tiny_training import (
+    PeftMaskSpy,
+    record_random_steps,
+    tiny_adalora,
+    tiny_setup,
+    train_with_loop,
+    train_with_trainer,
+)
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
-
-
-class PeftMaskSpy:
-    """Captures, at each of peft's own mask_to_budget calls, the triplet scores and threshold peft used."""
-
-    def __init__(self, model):
-        self.allocator = find_adalora_model(model).rankallocator
-        self.calls = []
-        original_mask, original_combine = self.allocator.mask_to_budget, self.allocator._combine_ipt
-        captured = []
-
-        def combine(ipt_e, ipt_ab):
-            out = original_combine(ipt_e, ipt_ab)
-            captured.append(out.detach().clone())
-            return out
-
-        def mask(inner_model, budget):
-            captured.clear()
-            self.allocator._combine_ipt = combine
-            try:
-                pattern = original_mask(inner_model, budget)
-            finally:
-                self.allocator._combine_ipt = original_combine
-            scores = torch.stack(captured)
-            threshold = torch.kthvalue(scores.reshape(-1), k=self.allocator.init_bgt - budget)[0].item()
-            self.calls.append({"budget": budget, "scores": scores.numpy(), "threshold": threshold, "pattern": pattern})
-            return pattern
-
-        self.allocator.mask_to_budget = mask
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,14 @@ def test_regex_that_matches_nothing_is_refused(tiny):
         add_adalora(tiny[0], AdaLoraSetup(total_step=20, target_regex="qformer_nothing"))
 
 
-def test_regex_reaching_outside_the_qformer_is_refused(tiny):
-    with pytest.raises(ValueError, match="matches .* Linear layers outside the Q-Former"):
-        add_adalora(tiny[0], AdaLoraSetup(total_step=20, target_regex=r".*\.q"))
+def test_regex_reaching_a_linear_outside_the_grammar_is_refused(tiny):
+    model = tiny[0]
+    model.value_head = torch.nn.Linear(4, 1)
+    try:
+        with pytest.raises(ValueError, match=r"matches 1 Linear layers the grammar cannot name \(first: 'value_head'\)"):
+            add_adalora(model, AdaLoraSetup(total_step=20, target_regex=r".*\.q|value_head"))
+    finally:
+        del model.value_head
 
 
 def test_only_the_adapter_trains_and_init_is_seeded(tiny):

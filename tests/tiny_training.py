@@ -12,7 +12,14 @@ from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainingArguments
 
 from qformer_budget.benchmarks.synthetic_vqa import generate_examples
-from qformer_budget.peft_hooks import AdaLoraBudgetCallback, AdaLoraSetup, BudgetRecorder, add_adalora
+from qformer_budget.peft_hooks import (
+    AdaLoraBudgetCallback,
+    AdaLoraSetup,
+    BudgetRecorder,
+    add_adalora,
+    find_adalora_model,
+)
+from qformer_budget.peft_hooks.sinks import RecordSink
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
@@ -85,8 +92,11 @@ def trainer_arguments(output_dir, setup: AdaLoraSetup, seed: int = 0) -> Trainin
     )
 
 
-def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, **callback_kwargs):
+def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, on_model=None, **callback_kwargs):
+    """Train with the Trainer and AdaLoraBudgetCallback; ``on_model(model)`` runs before training."""
     model, processor = tiny_adalora(setup, seed)
+    if on_model is not None:
+        on_model(model)
     callback = AdaLoraBudgetCallback(benchmark="synthetic_vqa", **callback_kwargs)
     trainer = Trainer(
         model=model, args=trainer_arguments(output_dir, setup, seed), train_dataset=FixedOrder(setup.total_step, seed),
@@ -95,3 +105,41 @@ def train_with_trainer(output_dir, setup: AdaLoraSetup, seed: int = 0, **callbac
     trainer.train()
     return model, trainer
 
+
+class ListSink(RecordSink):
+    """Keeps every recorded step in ``records``."""
+
+    def __init__(self) -> None:
+        self.records = []
+
+    def write(self, record) -> None:
+        self.records.append(record)
+
+
+class PeftMaskSpy:
+    """Captures, at each of peft's own mask_to_budget calls, the triplet scores and threshold peft used."""
+
+    def __init__(self, model):
+        self.allocator = find_adalora_model(model).rankallocator
+        self.calls = []
+        original_mask, original_combine = self.allocator.mask_to_budget, self.allocator._combine_ipt
+        captured = []
+
+        def combine(ipt_e, ipt_ab):
+            out = original_combine(ipt_e, ipt_ab)
+            captured.append(out.detach().clone())
+            return out
+
+        def mask(inner_model, budget):
+            captured.clear()
+            self.allocator._combine_ipt = combine
+            try:
+                pattern = original_mask(inner_model, budget)
+            finally:
+                self.allocator._combine_ipt = original_combine
+            scores = torch.stack(captured)
+            threshold = torch.kthvalue(scores.reshape(-1), k=self.allocator.init_bgt - budget)[0].item()
+            self.calls.append({"budget": budget, "scores": scores.numpy(), "threshold": threshold, "pattern": pattern})
+            return pattern
+
+        self.allocator.mask_to_budget = mask
