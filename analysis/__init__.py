@@ -1,7 +1,7 @@
 """The read side of qformer-budget: load records into tidy tables and compute metrics.
 
 Modules: ``load`` (records into pandas), ``selection`` (one step per run, structural zeros; the conventions
-of every metric), ``shares`` (the budget per block, layer, module), ``importance`` (scores, concentration,
+of every metric), ``shares`` (the budget per component, block, layer, module), ``importance`` (scores, concentration,
 correlation), ``statistics`` (over seeds), ``summaries`` (per run and module, xarray), ``replay`` (AdaLoRA's
 masks recomputed).
 
@@ -15,7 +15,15 @@ from .importance import allocation_correlation, allocation_entropy, normalized_i
 from .load import STRING_COLUMNS, RecordWarning, find_runs, load_metrics, load_runs, read_run
 from .replay import rank_pattern_for_lora, replay_allocation
 from .selection import last_recorded_step, last_scored_step, mark_structural, select_step
-from .shares import NORMALIZATIONS, block_share, layer_share, rank_retention, rank_trajectories, settle_step
+from .shares import (
+    NORMALIZATIONS,
+    block_share,
+    component_share,
+    layer_share,
+    rank_retention,
+    rank_trajectories,
+    settle_step,
+)
 from .statistics import bootstrap_block_share, compare_benchmarks, permutation_test
 from .summaries import module_summary, run_summary, to_xarray
 
@@ -32,6 +40,7 @@ __all__ = [
     "block_share",
     "bootstrap_block_share",
     "compare_benchmarks",
+    "component_share",
     "find_runs",
     "last_recorded_step",
     "last_scored_step",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .selection import STEP_KEYS, StepSelector, comparable_rows, select_step, sorted_rows
+from .selection import STEP_KEYS, StepSelector, comparable_rows, select_step, sorted_rows, with_component
 
 
 def normalized_importance(
@@ -19,16 +19,16 @@ def normalized_importance(
     Raw AdaLoRA scores differ by about 1000x between module types, so two normalisations are given:
 
     - ``importance_share = score_m / sum_m' score_m'`` over the run's modules at that step;
-    - ``score_vs_block_median = score_m / median of the scores of m's block`` at that step.
+    - ``score_vs_block_median = score_m / median of the scores of m's block`` (within its component) at that step.
 
     Rows with a NaN score (final phase: peft cleared the scores) are dropped, so ``step="final"`` is
     usually empty; the default keeps every step. Structural rows are excluded unless ``include_structural``.
     """
-    rows = comparable_rows(select_step(records, step), include_structural).dropna(subset=["score"])
+    rows = with_component(comparable_rows(select_step(records, step), include_structural).dropna(subset=["score"]))
     score = rows["score"]
-    total = score.groupby([rows[k] for k in STEP_KEYS]).transform("sum")
-    block_median = score.groupby([rows[k] for k in [*STEP_KEYS, "block"]]).transform("median")
-    columns = [*STEP_KEYS, "module", "sublayer", "layer", "block", "proj", "score"]
+    total = score.groupby([rows[k] for k in STEP_KEYS], observed=True).transform("sum")
+    block_median = score.groupby([rows[k] for k in [*STEP_KEYS, "component", "block"]], observed=True).transform("median")
+    columns = [*STEP_KEYS, "module", "component", "sublayer", "layer", "block", "proj", "score"]
     out = rows[columns].assign(importance_share=score / total, score_vs_block_median=score / block_median)
     return sorted_rows(out, [*STEP_KEYS, "module"])
 

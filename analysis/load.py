@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qformer_budget.core.layout import is_set_aside
+from qformer_budget.core.layout import is_set_aside, method_tag_of
 from qformer_budget.core.run_folder import (
     Filters,
     RecordError,
@@ -198,9 +198,11 @@ def load_runs(
     filters: Filters | None = None,
     categorical: bool = False,
     max_workers: int | None = None,
+    method: str | None = None,
 ) -> pd.DataFrame:
     """Load one run folder, every run below a folder, or every run below each of a list of folders, into one
-    tidy DataFrame.
+    tidy DataFrame; with ``method``, only the runs of that configuration (the runner's method tag, the run
+    folder's parent name: ``adalora-all_linear-r12to4``), as when a folder holds several (the demo's does).
 
     Columns: ``run``, the record schema (``benchmark, seed, step, module, layer, block, proj, rank,
     init_r, score, budget`` and more, see ``qformer_budget.core.schema.COLUMNS``) and ``status``.
@@ -222,6 +224,11 @@ def load_runs(
     runs = sorted({run for each in paths for run in find_runs(each)})
     if not runs:
         raise ValueError("load_runs got an empty list of run folders")
+    if method is not None:
+        found = sorted({method_tag_of(run) for run in runs})
+        runs = [run for run in runs if method_tag_of(run) == method]
+        if not runs:
+            raise ValueError(f"no run of method {method!r} below {', '.join(map(str, paths))}; methods found: {found}")
     read_columns = _check_columns(columns)
     _check_filters(filters)
     workers = max_workers or min(8, os.cpu_count() or 1, len(runs))

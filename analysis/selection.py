@@ -10,7 +10,11 @@ Conventions of every metric in ``qformer_budget.analysis``:
   out unless ``include_structural=True``; per-module tables keep them with the ``structural`` flag.
 - Modules that do not exist (cross-attention of odd layers) have no rows and never get any: a
   table has no row for them, and ``to_xarray`` holds NaN there, never 0.
-- Modules outside the Q-Former (no ``block``/``layer``) are left out of block and layer metrics.
+- Every adapted module belongs to a ``component`` (``vision``, ``qformer``, ``llm``; records without the
+  column, version 1 or hand-made, are the Q-Former's). Block and layer shares are shares within the
+  component (the Q-Former's blocks sum to 1 whatever else shared the budget); ``component_share`` splits
+  the whole budget between the components. Rows without a layer (the projection, the LM head) are left
+  out of layer metrics.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from qformer_budget.core.grammar import ATTENTION_PROJS, FFN_PROJS, block_order, is_structural
+from qformer_budget.core.grammar import COMPONENTS, block_order, is_structural, parse_module
+from qformer_budget.core.records import OTHER
+from qformer_budget.core.schema import V1_COMPONENT
 
 RUN_KEYS: tuple[str, ...] = ("run", "benchmark", "seed")
 STEP_KEYS = [*RUN_KEYS, "step"]
-PROJ_ORDER: tuple[str, ...] = tuple(dict.fromkeys(ATTENTION_PROJS + FFN_PROJS))
+
+COMPONENT_ORDER = {component: i for i, component in enumerate(COMPONENTS)}
 
 StepSelector = int | Literal["final"] | None
 
@@ -60,10 +67,40 @@ def select_step(records: pd.DataFrame, step: StepSelector = "final") -> pd.DataF
     return records[at_step]
 
 
+def component_of(records: pd.DataFrame) -> pd.Series:
+    """Each row's component. A table read without the column takes it from the ``sublayer`` label or the
+    ``module`` name; with neither (version-1 or hand-made records) it is the Q-Former's."""
+    if "component" in records.columns:
+        return records["component"]
+    for column, component in (("sublayer", _label_component), ("module", _module_component)):
+        if column in records.columns:
+            names = records[column].astype(str)
+            return names.map({name: component(name) for name in names.unique()}).rename("component")
+    return pd.Series(V1_COMPONENT, index=records.index, name="component")
+
+
+def _label_component(label: str) -> str:
+    """The component a grammar label names: its prefix (``llm.L05...``), none for the Q-Former's (``L02...``)."""
+    prefix = label.split(".", 1)[0]
+    return prefix if prefix in COMPONENTS else V1_COMPONENT
+
+
+def _module_component(name: str) -> str:
+    position = parse_module(name)
+    return position.component if position is not None else OTHER
+
+
+def with_component(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with a ``component`` column (:func:`component_of`); the same frame when it has one."""
+    return records if "component" in records.columns else records.assign(component=component_of(records))
+
+
 def structural_mask(records: pd.DataFrame, last_layer: int | None = None) -> pd.Series:
-    """True on the text FFN of the last layer (``last_layer``, default: each run's deepest recorded one)."""
-    deepest = records.groupby("run")["layer"].transform("max") if last_layer is None else last_layer
-    return is_structural(records["block"], records["layer"], deepest).astype(bool)
+    """True on the text FFN of the last Q-Former layer (``last_layer``, default: each run's deepest recorded one)."""
+    in_qformer = (component_of(records) == "qformer").to_numpy()
+    qformer_layer = records["layer"].where(in_qformer)
+    deepest = qformer_layer.groupby(records["run"], observed=True).transform("max") if last_layer is None else last_layer
+    return (is_structural(records["block"], records["layer"], deepest) & in_qformer).astype(bool)
 
 
 def mark_structural(records: pd.DataFrame, last_layer: int | None = None) -> pd.DataFrame:
@@ -93,6 +130,8 @@ def _sort_key(column: pd.Series) -> pd.Series:
         return pd.Series(np.where(codes >= 0, category_key[codes], np.nan), index=column.index)
     if column.name == "block":
         return column.map(block_order(column.dropna()))
+    if column.name == "component":
+        return column.map(COMPONENT_ORDER).fillna(len(COMPONENT_ORDER))
     return column
 
 

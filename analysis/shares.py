@@ -2,7 +2,8 @@
 
 Every function takes the records of ``analysis.load_runs`` (one row per adapted module per recorded
 step) and returns a long table whose group keys are the run identity (``run, benchmark, seed``) plus
-what the metric is about (``step``, ``block``, ``layer``, ``module``).
+what the metric is about (``step``, ``component``, ``block``, ``layer``, ``module``). Block and layer shares
+are shares within their component; :func:`component_share` splits the whole budget between components.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from .selection import (
     select_step,
     sorted_rows,
     structural_mask,
+    with_component,
 )
 
 NORMALIZATIONS: tuple[str, ...] = ("rank", "module", "parameter")
 Normalization = Literal["rank", "module", "parameter"]
-Unit = Literal["block", "layer", "layer_block"]
+Unit = Literal["component", "block", "layer", "layer_block"]
 
 _UNIT_KEYS: dict[str, tuple[str, ...]] = {
-    "block": ("block",),
-    "layer": ("layer",),
-    "layer_block": ("layer", "block"),
+    "component": ("component",),
+    "block": ("component", "block"),
+    "layer": ("component", "layer"),
+    "layer_block": ("component", "layer", "block"),
 }
 
 
@@ -48,15 +51,18 @@ def _unit_totals(
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
     if unit not in _UNIT_KEYS:
         raise ValueError(f"unit must be one of {tuple(_UNIT_KEYS)}; got {unit!r}")
+    records = with_component(records)
     unit_keys = list(_UNIT_KEYS[unit])
     keys = [*STEP_KEYS, *unit_keys]
+    # A share is of the whole budget for components, of the component's budget for everything else.
+    whole = [*STEP_KEYS] if unit == "component" else [*STEP_KEYS, "component"]
     keep = records[keys].notna().all(axis=1)  # groupby leaves out rows with a missing key
     if not include_structural:
         structural = records["structural"] if "structural" in records.columns else structural_mask(records)
         keep &= ~structural.astype(bool)
     values = ["rank", "in_features", "out_features"] if normalize == "parameter" else ["rank"]
     rows = records.loc[keep.to_numpy(), keys + values]
-    step_ids, _ = group_ids([rows[k] for k in STEP_KEYS])
+    step_ids, _ = group_ids([rows[k] for k in whole])
     unit_ids, first_rows = group_ids([step_ids, *(rows[k] for k in unit_keys)])
     rank = rows["rank"].to_numpy(dtype="float64")
     amount = rank
@@ -81,13 +87,29 @@ def _unit_totals(
     return sorted_rows(out, keys)
 
 
+def component_share(
+    records: pd.DataFrame,
+    step: StepSelector = "final",
+    normalize: Normalization = "rank",
+    include_structural: bool = False,
+) -> pd.DataFrame:
+    """Share of the whole kept rank budget per component: columns ``run, benchmark, seed, step, component, share``.
+
+    How much of one AdaLoRA budget shared by the vision encoder, the Q-Former and the LLM each keeps, with
+    the normalisations of :func:`block_share` (``"module"``: mean rank per module of the component, so that
+    a component with more modules is not favoured for that alone). Shares sum to 1 per run and step.
+    """
+    totals = _unit_totals(select_step(records, step), "component", normalize, include_structural)
+    return totals[[*STEP_KEYS, "component", "share"]]
+
+
 def block_share(
     records: pd.DataFrame,
     step: StepSelector = "final",
     normalize: Normalization = "rank",
     include_structural: bool = False,
 ) -> pd.DataFrame:
-    """Share of the kept rank budget per block: columns ``run, benchmark, seed, step, block, share``.
+    """Share of its component's kept rank per block: columns ``run, benchmark, seed, step, component, block, share``.
 
     With ``r_m`` the kept rank of module ``m`` and ``M_b`` the modules of block ``b``:
 
@@ -98,11 +120,13 @@ def block_share(
       ``p_m = r_m * (in_features + out_features + 1)`` (A, B and the singular values), since FFN
       matrices are larger than attention ones.
 
-    Shares sum to 1 per run and step (NaN when no rank is kept). Structural rows (see
+    The sums run over the block's component: shares sum to 1 per run, step and component (NaN when no rank
+    is kept), so the Q-Former's block shares read the same whether or not the LLM shared the budget; the
+    share of the whole budget is this times :func:`component_share`. Structural rows (see
     :func:`mark_structural`) are excluded from numerator and denominator unless ``include_structural``.
     """
     totals = _unit_totals(select_step(records, step), "block", normalize, include_structural)
-    return totals[[*STEP_KEYS, "block", "share"]]
+    return totals[[*STEP_KEYS, "component", "block", "share"]]
 
 
 def layer_share(
@@ -116,8 +140,9 @@ def layer_share(
 
     The same three normalisations as :func:`block_share`, with the layer (or the layer x block cell)
     in place of the block: ``"module"`` divides by the number of modules of the layer, which is larger
-    in the even layers that hold cross-attention. Shares sum to 1 per run and step; absent cells (odd
-    layers' cross-attention) have no row. Structural rows are excluded unless ``include_structural``.
+    in the even layers that hold cross-attention. Shares sum to 1 per run, step and component (column
+    ``component``); absent cells (odd layers' cross-attention) and modules outside the layers (projection,
+    LM head) have no row. Structural rows are excluded unless ``include_structural``.
     """
     unit: Unit = "layer_block" if by_block else "layer"
     totals = _unit_totals(select_step(records, step), unit, normalize, include_structural)
@@ -132,9 +157,11 @@ def rank_trajectories(
 ) -> pd.DataFrame:
     """Kept rank and budget share per run, recorded step and block (or layer), for trajectory plots.
 
-    Columns ``run, benchmark, seed, step, <by>, rank, n_modules, share``: ``rank`` is the sum of kept
-    ranks of the unit's modules, ``share`` as in :func:`block_share` with ``normalize``. ``by`` is
-    ``"block"``, ``"layer"`` or ``"layer_block"``. Structural rows are excluded unless ``include_structural``.
+    Columns ``run, benchmark, seed, step, component, <by>, rank, n_modules, share``: ``rank`` is the sum of
+    kept ranks of the unit's modules, ``share`` as in :func:`block_share` (within the component) or, with
+    ``by="component"``, :func:`component_share` (of the whole budget), with ``normalize``. ``by`` is
+    ``"component"``, ``"block"``, ``"layer"`` or ``"layer_block"``. Structural rows are excluded unless
+    ``include_structural``.
     """
     return _unit_totals(records, by, normalize, include_structural)
 
@@ -150,18 +177,19 @@ def settle_step(
 
     ``settle_step`` is the first recorded step ``s`` such that ``|share_t - share_final| <= tolerance``
     (absolute) for every recorded step ``t >= s`` of the run; a share that leaves the band and comes
-    back settles only at its last return. Columns ``run, benchmark, seed, <by>, settle_step, final_share``.
+    back settles only at its last return. Columns ``run, benchmark, seed, component, <by>, settle_step,
+    final_share``.
     Shares as in :func:`rank_trajectories`.
     """
     unit_keys = list(_UNIT_KEYS[by])
     keys = [*RUN_KEYS, *unit_keys]
     trajectory = _unit_totals(records, by, normalize, include_structural).sort_values([*keys, "step"])
-    final_share = trajectory.groupby(keys)["share"].transform("last")
+    final_share = trajectory.groupby(keys, observed=True)["share"].transform("last")
     outside = ((trajectory["share"] - final_share).abs() > tolerance).astype(int)
     # Number of out-of-band steps at or after each step: the run has settled where it is 0.
-    outside_from_here = outside.iloc[::-1].groupby([trajectory[k] for k in keys]).cumsum()
+    outside_from_here = outside.iloc[::-1].groupby([trajectory[k] for k in keys], observed=True).cumsum()
     settled = trajectory.assign(final_share=final_share)[outside_from_here.reindex(trajectory.index) == 0]
-    out = settled.groupby(keys, as_index=False).agg(
+    out = settled.groupby(keys, as_index=False, observed=True).agg(
         settle_step=("step", "min"), final_share=("final_share", "first")
     )
     return sorted_rows(out, keys)
@@ -176,15 +204,16 @@ def rank_retention(
     """Kept fraction of the initial rank: ``retention = rank / init_r`` per module, or its mean per block.
 
     ``by="module"``: one row per run and module (``structural`` flag, ``init_r``, ``rank``, ``retention``).
-    ``by="block"``: ``retention`` is the mean over the block's modules, with ``n_modules``.
+    ``by="block"``: ``retention`` is the mean over the block's modules (per component), with ``n_modules``.
     Structural rows are excluded unless ``include_structural``.
     """
-    rows = comparable_rows(select_step(records, step), include_structural)
+    rows = with_component(comparable_rows(select_step(records, step), include_structural))
     retention = rows["rank"].astype("float64") / rows["init_r"].astype("float64")
     if by == "module":
         columns = [
             *STEP_KEYS,
             "module",
+            "component",
             "sublayer",
             "layer",
             "block",
@@ -198,8 +227,8 @@ def rank_retention(
         out = (
             rows.dropna(subset=["block"])
             .assign(retention=retention)
-            .groupby([*STEP_KEYS, "block"], as_index=False)
+            .groupby([*STEP_KEYS, "component", "block"], as_index=False, observed=True)
             .agg(n_modules=("retention", "size"), retention=("retention", "mean"))
         )
-        return sorted_rows(out, [*STEP_KEYS, "block"])
+        return sorted_rows(out, [*STEP_KEYS, "component", "block"])
     raise ValueError(f"by must be 'module' or 'block'; got {by!r}")

@@ -6,20 +6,20 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from qformer_budget.core.grammar import in_block_order
+from qformer_budget.core.grammar import PROJ_ORDER, block_key, in_block_order
 
 if TYPE_CHECKING:
     import xarray
 
 from .importance import allocation_entropy, normalized_importance
-from .selection import PROJ_ORDER, RUN_KEYS, in_grammar_order, select_step, sorted_rows
-from .shares import Normalization, block_share, rank_retention, settle_step
+from .selection import RUN_KEYS, component_of, in_grammar_order, select_step, sorted_rows
+from .shares import Normalization, block_share, component_share, rank_retention, settle_step
 
 
 def module_summary(records: pd.DataFrame) -> pd.DataFrame:
     """One row per run and module: where it sits, its final rank and retention, its mean importance.
 
-    Columns ``run, benchmark, seed, module, sublayer, layer, block, proj, structural, init_r,
+    Columns ``run, benchmark, seed, module, component, sublayer, layer, block, proj, structural, init_r,
     final_step, final_rank, retention, mean_importance_share``: ``retention = final_rank / init_r`` and
     ``mean_importance_share`` is the mean over the steps with scores of :func:`normalized_importance`'s
     ``importance_share``. Structural rows are kept and flagged.
@@ -36,6 +36,7 @@ def module_summary(records: pd.DataFrame) -> pd.DataFrame:
     columns = [
         *RUN_KEYS,
         "module",
+        "component",
         "sublayer",
         "layer",
         "block",
@@ -60,9 +61,11 @@ def run_summary(
 
     Columns ``run, benchmark, seed, final_step, n_modules, budget, total_rank`` (over all adapted
     modules, as AdaLoRA allocates), ``normalized_entropy`` (:func:`allocation_entropy`), then
-    ``share_<block>`` (:func:`block_share` with ``normalize``) and ``settle_step_<block>``
-    (:func:`settle_step` with ``tolerance``) for each block present. Entropy, shares and settle steps
-    exclude structural rows unless ``include_structural``.
+    ``share_<block>`` (:func:`block_share` with ``normalize``, within the component) and
+    ``settle_step_<block>`` (:func:`settle_step` with ``tolerance``) for each block present, blocks outside
+    the Q-Former named with their component (``share_llm.mlp``, ``grammar.block_key``). When several
+    components share the budget, ``share_<component>`` (:func:`component_share`) comes first. Entropy,
+    shares and settle steps exclude structural rows unless ``include_structural``.
     """
     final = select_step(records, "final")
     out = final.groupby(list(RUN_KEYS), as_index=False).agg(
@@ -72,21 +75,31 @@ def run_summary(
         total_rank=("rank", "sum"),
     )
     entropy = allocation_entropy(records, step="final", include_structural=include_structural)
-    shares = block_share(records, "final", normalize, include_structural)
-    settle = settle_step(records, tolerance, "block", normalize, include_structural)
-    blocks = in_block_order(shares["block"])
-    wide_shares = shares.pivot(index=list(RUN_KEYS), columns="block", values="share")[blocks]
-    wide_settle = settle.pivot(index=list(RUN_KEYS), columns="block", values="settle_step")[blocks]
-    out = (
-        out.merge(entropy[[*RUN_KEYS, "normalized_entropy"]], on=list(RUN_KEYS), how="left")
-        .merge(wide_shares.add_prefix("share_").reset_index(), on=list(RUN_KEYS), how="left")
-        .merge(wide_settle.add_prefix("settle_step_").reset_index(), on=list(RUN_KEYS), how="left")
+    shares = _with_block_key(block_share(records, "final", normalize, include_structural))
+    settle = _with_block_key(settle_step(records, tolerance, "block", normalize, include_structural))
+    blocks = list(dict.fromkeys(shares["key"]))  # components, then blocks in grammar order (sorted_rows)
+    wide_shares = shares.pivot(index=list(RUN_KEYS), columns="key", values="share")[blocks]
+    wide_settle = settle.pivot(index=list(RUN_KEYS), columns="key", values="settle_step")[blocks]
+    out = out.merge(entropy[[*RUN_KEYS, "normalized_entropy"]], on=list(RUN_KEYS), how="left")
+    components = component_share(records, "final", normalize, include_structural)
+    if components["component"].nunique() > 1:
+        names = list(dict.fromkeys(components["component"].astype(str)))
+        wide = components.astype({"component": str}).pivot(index=list(RUN_KEYS), columns="component", values="share")
+        out = out.merge(wide[names].add_prefix("share_").reset_index(), on=list(RUN_KEYS), how="left")
+    out = out.merge(wide_shares.add_prefix("share_").reset_index(), on=list(RUN_KEYS), how="left").merge(
+        wide_settle.add_prefix("settle_step_").reset_index(), on=list(RUN_KEYS), how="left"
     )
     return sorted_rows(out, list(RUN_KEYS))
 
 
-def to_xarray(records: pd.DataFrame, value: str = "rank") -> xarray.DataArray:
-    """``value`` as an ``xarray.DataArray`` with dims ``(benchmark, seed, step, layer, block, proj)``.
+def _with_block_key(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (per component and block) with ``key``, the block's name across components."""
+    keys = [block_key(str(c), str(b)) for c, b in zip(table["component"], table["block"], strict=True)]
+    return table.assign(key=keys)
+
+
+def to_xarray(records: pd.DataFrame, value: str = "rank", component: str = "qformer") -> xarray.DataArray:
+    """``value`` of one ``component`` as an ``xarray.DataArray`` with dims ``(benchmark, seed, step, layer, block, proj)``.
 
     A labelled N-d view of the records: cells without a module (odd layers' cross-attention, FFN
     blocks' attention projections, steps a run did not record) are NaN, never 0. All rows are kept,
@@ -98,7 +111,7 @@ def to_xarray(records: pd.DataFrame, value: str = "rank") -> xarray.DataArray:
     except ImportError as exc:
         raise ImportError('to_xarray needs xarray: pip install "qformer-budget[analysis]"') from exc
     dims = ["benchmark", "seed", "step", "layer", "block", "proj"]
-    rows = records.dropna(subset=["layer", "block", "proj"])
+    rows = records[(component_of(records) == component).to_numpy()].dropna(subset=["layer", "block", "proj"])
     runs_per_seed = rows.groupby(["benchmark", "seed"])["run"].nunique()
     if (runs_per_seed > 1).any():
         raise ValueError(

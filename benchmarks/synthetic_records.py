@@ -256,6 +256,7 @@ def _chunk_table(
         "phase": _repeated_strings(PHASES, per_step(steps["phase"], np.int32)),
         "mask_step": pa.array(per_step(steps["mask_step"], bool)),
         "module": _repeated_strings([m.module for m in modules], module_codes),
+        "component": _repeated_strings(["qformer"], np.zeros(n, np.int32)),
         "sublayer": _repeated_strings(sublayers, module_codes),
         "layer": pa.array(per_module([m.layer for m in modules], np.int16)),
         "block": _repeated_strings([m.block for m in modules], module_codes),

@@ -100,9 +100,16 @@ PLACEMENTS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def in_block_order(blocks: Iterable[str]) -> list[str]:
-    """The distinct ``blocks`` in the grammar's order, unknown ones after it, alphabetically."""
+    """The distinct ``blocks`` in the grammar's order (the Q-Former's, then the other components'), unknown ones
+    after it, alphabetically."""
     present = set(blocks)
-    return [b for b in BLOCKS if b in present] + sorted(present - set(BLOCKS))
+    return [b for b in BLOCK_ORDER if b in present] + sorted(present - set(BLOCK_ORDER))
+
+
+def block_key(component: str, block: str) -> str:
+    """A block's name across components (live-view tags, summary columns): the Q-Former's bare (``cross_attn``),
+    the others' prefixed with their component (``llm.mlp``), since LLaMA has a ``self_attn`` of its own."""
+    return block if component == "qformer" else f"{component}.{block}"
 
 
 def block_order(blocks: Iterable[str]) -> dict[str, int]:
@@ -263,6 +270,37 @@ COMPONENT_PLACEMENTS: dict[str, tuple[str, str]] = {
     )),
     "vision_all_linear": ("vision", re.sub(r"\(\?P<\w+>", "(?:", _VISION_RE.pattern)),
 }
+# Every block and projection of every component, in the order tables and figures list them.
+COMPONENT_BLOCK_PROJS: dict[str, dict[str, tuple[str, ...]]] = {
+    "vision": {"attn": ("qkv", "projection"), "mlp": ("fc1", "fc2")},
+    "qformer": {**BLOCK_PROJS, "language_projection": ("dense",)},
+    "llm": {
+        **{block: ("q", "k", "v", "o") for block in ("enc_self_attn", "dec_self_attn", "dec_cross_attn")},
+        "enc_ffn": ("wi", "wi_0", "wi_1", "wo"),
+        "dec_ffn": ("wi", "wi_0", "wi_1", "wo"),
+        "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "mlp": ("gate_proj", "up_proj", "down_proj"),
+        "lm_head": ("dense",),
+    },
+}
+_LLM_BLOCK_ORDER = ("enc_self_attn", "enc_ffn", "dec_self_attn", "dec_cross_attn", "dec_ffn", "self_attn", "mlp")
+BLOCK_ORDER: tuple[str, ...] = tuple(dict.fromkeys(
+    (*BLOCKS, "language_projection", "attn", "mlp", *_LLM_BLOCK_ORDER, "lm_head")
+))
+PROJ_ORDER: tuple[str, ...] = tuple(dict.fromkeys(
+    projection for blocks in COMPONENT_BLOCK_PROJS.values() for projs in blocks.values() for projection in projs
+))
+
+
+def component_columns(component: str, columns: Iterable[str]) -> list[str]:
+    """The distinct ``block.proj`` heatmap columns of a component in grammar order (every Q-Former column)."""
+    if component == "qformer":
+        return [f"{block}.{proj}" for block in BLOCKS for proj in BLOCK_PROJS[block]]
+    present = set(columns)
+    order = [f"{block}.{proj}" for block, projs in COMPONENT_BLOCK_PROJS.get(component, {}).items() for proj in projs]
+    return [c for c in order if c in present] + sorted(present - set(order))
+
+
 # Other names of Q-Former placements: the paper calls its "all" placement the Q-Former's.
 PLACEMENT_ALIASES: dict[str, str] = {"qformer_all": "paper_all", "qformer_all_linear": "all_linear"}
 _T5_BLOCKS = {

@@ -16,7 +16,8 @@
 #
 # This notebook loads recorded runs (by default the demo's, `make demo` writes them to `demo-out/`),
 # computes the importance metrics of `qformer_budget.analysis` and draws the figures. Set the environment
-# variable `QFORMER_BUDGET_RUNS` to a folder of your own runs.
+# variable `QFORMER_BUDGET_RUNS` to a folder of your own runs, and `QFORMER_BUDGET_METHOD` to their method tag
+# (the run folders' parent name) if it is not the demo's.
 
 # %%
 import os
@@ -30,6 +31,8 @@ from qformer_budget.analysis import (
     block_share,
     bootstrap_block_share,
     compare_benchmarks,
+    component_share,
+    find_runs,
     load_metrics,
     load_runs,
     rank_pattern_for_lora,
@@ -37,11 +40,12 @@ from qformer_budget.analysis import (
     run_summary,
     settle_step,
 )
-from qformer_budget.plotting import explore, plot_rank_heatmap
-from qformer_budget.plotting.figure_data import rank_heatmap_data
+from qformer_budget.plotting import explore, plot_rank_heatmap, plot_rank_trajectories
+from qformer_budget.plotting.figure_data import phase_spans, rank_heatmap_data, trajectory_data
 
 RUNS = Path(os.environ.get("QFORMER_BUDGET_RUNS", "../demo-out"))
-records = load_runs(RUNS)
+METHOD = os.environ.get("QFORMER_BUDGET_METHOD", "adalora-all_linear-r12to4")
+records = load_runs(RUNS, method=METHOD)
 benchmarks = sorted(records["benchmark"].unique())
 print(f"{records['run'].nunique()} runs, {len(records):,} records, benchmarks: {', '.join(benchmarks)}")
 
@@ -132,4 +136,28 @@ print(f"plain LoRA: {len(pattern['target_modules'])} modules, default r={pattern
 
 # %%
 metrics = load_metrics(RUNS)
-metrics.groupby(["benchmark", "metric"])["value"].agg(["mean", "std", "count"]).round(4)
+metrics.groupby(["benchmark", "method", "metric"])["value"].agg(["mean", "std", "count"]).round(4)
+
+# %% [markdown]
+# ## One budget for the Q-Former and the LLM
+# The demo's joint runs share one AdaLoRA budget between the Q-Former and the language model
+# (`placement = "all_linear+llm_all_linear"`). `component_share` splits the kept rank between them; the
+# block shares above stay shares within the Q-Former.
+
+# %%
+JOINT = "adalora-all_linear+llm_all_linear-r12to4"
+if any(run.parent.name == JOINT for run in find_runs(RUNS)):
+    joint = load_runs(RUNS, method=JOINT)
+    print(component_share(joint).pivot(index="benchmark", columns="component", values="share").round(3))
+    components = trajectory_data(joint, by="component")
+    for benchmark in sorted(joint["benchmark"].unique()):
+        plot_rank_trajectories(
+            components[components["benchmark"] == benchmark], phase_spans(joint),
+            title=f"{benchmark}: share of the whole kept rank per component",
+        )
+        plt.show()
+    llm = rank_heatmap_data(joint[joint["benchmark"] == benchmark], component="llm")
+    plot_rank_heatmap(llm, title=f"{benchmark}: final rank per LLM module")
+    plt.show()
+else:
+    print(f"no joint runs ({JOINT}) below {RUNS}")

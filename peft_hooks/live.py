@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qformer_budget.core.grammar import COMPONENTS, in_block_order
+from qformer_budget.core.grammar import COMPONENTS, block_key, in_block_order
 from qformer_budget.core.records import ModuleInfo, StepRecord
 
 from .sinks import RecordSink
@@ -77,10 +77,7 @@ class LiveViewSink(RecordSink):
     def _index_modules(self, modules: tuple[ModuleInfo, ...]) -> None:
         """Per-module labels and block indices, computed once per run (the module list never changes)."""
         positions = [m.position for m in modules]
-        module_blocks = [
-            OTHER_BLOCK if p is None else p.block if p.component == "qformer" else f"{p.component}.{p.block}"
-            for p in positions
-        ]
+        module_blocks = [OTHER_BLOCK if p is None else block_key(p.component, p.block) for p in positions]
         self._blocks = in_block_order(module_blocks)
         self._block_of = np.array([self._blocks.index(b) for b in module_blocks])
         module_components = [OTHER_BLOCK if p is None else p.component for p in positions]

@@ -14,18 +14,16 @@ from matplotlib.collections import PathCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, PathPatch
 
-from qformer_budget.core.grammar import in_block_order
-
-from .style import STRUCTURAL_LABEL, block_color
+from .style import STRUCTURAL_LABEL, unit_levels, unit_of
 
 
 def _by_block(data: pd.DataFrame) -> dict:
-    """The grouping of every plot here: benchmarks on x (sorted), one dodged slot per block in its colour."""
-    blocks = in_block_order(data["block"])
-    return {
-        "x": "benchmark", "order": sorted(data["benchmark"].unique()), "hue": "block", "hue_order": blocks,
-        "palette": {block: block_color(block) for block in blocks},
-    }
+    """The grouping of every plot here: benchmarks on x (sorted), one dodged slot per block (or component) in
+    its colour."""
+    unit = unit_of(data)
+    blocks, palette = unit_levels(data, unit)
+    return {"x": "benchmark", "order": sorted(data["benchmark"].unique()), "hue": unit, "hue_order": blocks,
+            "palette": palette}
 
 
 def _strips(ax: Axes, data: pd.DataFrame, gid: str, **stripplot_kws) -> list[PathCollection]:
@@ -111,8 +109,8 @@ def plot_block_share_ci(
     """Grouped bars (``sns.barplot``) of mean block share per benchmark with their confidence intervals.
 
     ``data`` is ``qformer_budget.plotting.figure_data.block_share_ci_data``
-    (``benchmark, block, mean, ci_low, ci_high``): one group of bars per benchmark, one bar per block in the
-    block's colour, an error bar from the table's ``ci_low`` to ``ci_high`` where the interval is defined
+    (``benchmark, block, mean, ci_low, ci_high``; ``component`` in place of ``block`` for component shares):
+    one group of bars per benchmark, one bar per block in the block's colour, an error bar from the table's ``ci_low`` to ``ci_high`` where the interval is defined
     (2+ seeds; seaborn computes no interval of its own). ``seed_shares`` (``analysis.block_share`` at the
     final step) adds each seed's share as a dot (``sns.stripplot``, ``gid="seeds"``).
     """
@@ -121,7 +119,7 @@ def plot_block_share_ci(
         _, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(grouping["order"]) + 2.5), 4))
     sns.barplot(data=data, y="mean", errorbar=None, saturation=1, gap=0.08, legend=False, zorder=2, ax=ax,
                 **grouping)
-    table = data.set_index(["benchmark", "block"])
+    table = data.set_index(["benchmark", grouping["hue"]])
     for block, bars in zip(grouping["hue_order"], list(ax.containers), strict=True):  # one per block
         bars.set_label(block)
         x = np.array([bar.get_x() + bar.get_width() / 2 for bar in bars])

@@ -10,7 +10,10 @@ plotly.js inlined, so it opens offline and can be sent to a colleague without Py
 - per benchmark, the block shares of the kept rank over training, each seed thin and the mean thick,
   with the AdaLoRA phases shaded;
 - the final block shares with their seed-bootstrap intervals, for each normalisation;
-- the metrics table, one row per run (``analysis.run_summary``).
+- the metrics table, one row per run (``analysis.run_summary``);
+- where several components shared the budget (a joint run), per benchmark the component shares over
+  training and a heatmap per other component (the LLM's layer x block grid differs from the Q-Former's),
+  and the final component shares with their intervals.
 
 Data preparation is in ``plotting.figure_data`` and ``plotting.explorer_data``; this module turns the prepared
 tables into plotly figures and the page.
@@ -33,13 +36,14 @@ from plotly.offline import get_plotlyjs
 
 from qformer_budget.analysis import NORMALIZATIONS, run_summary
 from qformer_budget.analysis.load import load_runs
+from qformer_budget.analysis.selection import component_of
 from qformer_budget.core.atomic import write_text_atomic
-from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
+from qformer_budget.core.grammar import COMPONENTS, component_columns
 
 from .explorer_data import HEATMAP_STEPS, TRAJECTORY_STEPS, allocation_cells, cell_grid, thinned_records
-from .figure_data import SUBLAYER_COLUMNS, block_share_ci_data, phase_spans, trajectory_data
+from .figure_data import COMPONENT_TITLES, block_share_ci_data, phase_spans, trajectory_data
 from .figures import FIGURE_COLUMNS, runs_by_benchmark
-from .style import BLOCK_COLORS, EMPTY_CELL_COLOR, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, block_color
+from .style import EMPTY_CELL_COLOR, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, unit_levels, unit_of
 
 EMPTY_CELL_HEX = mcolors.to_hex(EMPTY_CELL_COLOR)  # plotly draws no module (NaN) as the plot background
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -75,36 +79,43 @@ def _hover_template(rows: pd.DataFrame) -> str:
             f"step budget {_amount(_step_budget(rows))}, {threshold}<extra></extra>")
 
 
-def _block_axis_shapes(n_layers: int) -> tuple[list[dict], list[dict]]:
-    """White separators between blocks and the block names above them."""
-    starts = np.cumsum([0] + [len(BLOCK_PROJS[b]) for b in BLOCKS])
+def _block_axis_shapes(columns: list[str], n_layers: int) -> tuple[list[dict], list[dict]]:
+    """White separators between the blocks of the ``block.proj`` columns and the block names above them."""
+    blocks = [column.split(".", 1)[0] for column in columns]
+    starts = [i for i in range(len(blocks)) if i == 0 or blocks[i] != blocks[i - 1]]
+    ends = [*starts[1:], len(blocks)]
     shapes = [
         {"type": "line", "x0": edge - 0.5, "x1": edge - 0.5, "y0": -0.5, "y1": n_layers - 0.5,
          "line": {"color": "white", "width": 3}}
-        for edge in starts[1:-1]
+        for edge in starts[1:]
     ]
     names = [
-        {"x": (start + end) / 2 - 0.5, "y": 1.0, "yref": "paper", "yanchor": "bottom", "text": f"<b>{block}</b>",
-         "showarrow": False, "font": {"size": 11}}
-        for block, start, end in zip(BLOCKS, starts[:-1], starts[1:], strict=True)
+        {"x": (start + end) / 2 - 0.5, "y": 1.0, "yref": "paper", "yanchor": "bottom",
+         "text": f"<b>{blocks[start]}</b>", "showarrow": False, "font": {"size": 11}}
+        for start, end in zip(starts, ends, strict=True)
     ]
     return shapes, names
 
 
-def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figure:
-    """One benchmark's layer x sublayer heatmap with a slider over its steps (``explorer_data.allocation_cells``).
+def heatmap_figure(
+    cells: pd.DataFrame, benchmark: str, vmax: float, component: str = "qformer", shared: bool = False
+) -> go.Figure:
+    """One benchmark's layer x sublayer heatmap of ``component`` with a slider over its steps
+    (``explorer_data.allocation_cells``); ``shared``: other components share the budget, so the title says
+    whose kept rank it gives.
 
     Two traces share the cells: rank (0 to ``vmax``) and importance (log10 of the mean score); buttons
     choose which is shown. The slider starts at the last step. The structural cells are outlined.
     """
     cells = cells[cells["benchmark"] == benchmark]
     n_layers = int(cells["layer"].max()) + 1
+    columns = component_columns(component, cells["column"].unique())
     steps = sorted(cells["step"].unique())
     by_step = {step: rows for step, rows in cells.groupby("step", sort=True)}
     last = by_step[steps[-1]]
     labels = cell_grid(
         last.assign(label=last["sublayer"] + "<br>" + last["module"] + "<br>init_r " + last["init_r"].astype(str)),
-        "label", n_layers,
+        "label", n_layers, columns,
     )
     log_scores = np.log10(cells["score"].where(cells["score"] > 0))
     low, high = (float(log_scores.min()), float(log_scores.max())) if log_scores.notna().any() else (0.0, 1.0)
@@ -113,10 +124,11 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
         rows = by_step[step]
         scores = rows.assign(log_score=np.log10(rows["score"].where(rows["score"] > 0)))
         hover = np.stack(
-            [cell_grid(scores, name, n_layers) for name in ("rank", "rank_min", "rank_max", "score")], axis=-1
+            [cell_grid(scores, name, n_layers, columns) for name in ("rank", "rank_min", "rank_max", "score")], axis=-1
         )
         return {  # one customdata and hover for both traces: restyle cycles a one-item list
-            "z": [cell_grid(rows, "rank", n_layers).round(3), cell_grid(scores, "log_score", n_layers).round(3)],
+            "z": [cell_grid(rows, "rank", n_layers, columns).round(3),
+                  cell_grid(scores, "log_score", n_layers, columns).round(3)],
             "customdata": [hover.astype(np.float32)],
             "hovertemplate": [_hover_template(rows)],
         }
@@ -126,12 +138,16 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
         f"; outlined: {STRUCTURAL_LABEL}" if len(structural) else ""
     )
 
+    name = COMPONENT_TITLES.get(component, component)
+    whose = f" {name}" if shared else ""
+
     def title(step) -> str:
         rows = by_step[step]
-        return (f"{html.escape(benchmark)}: step {step} ({rows['phase'].iloc[0]}), budget "
-                f"{_amount(_step_budget(rows))}, kept rank {_amount(rows['rank'].sum())}<br><sup>{note}</sup>")
+        kept = f"{name} kept {_amount(rows['rank'].sum())}" if shared else f"kept rank {_amount(rows['rank'].sum())}"
+        return (f"{html.escape(benchmark)}{whose}: step {step} ({rows['phase'].iloc[0]}), budget "
+                f"{_amount(_step_budget(rows))}, {kept}<br><sup>{note}</sup>")
 
-    x = [column.split(".", 1)[1] for column in SUBLAYER_COLUMNS]
+    x = [column.split(".", 1)[1] for column in columns]
     y = [f"L{layer:02d}" for layer in range(n_layers)]
     first = state(steps[-1])
     common = {"x": list(range(len(x))), "y": list(range(n_layers)), "text": labels, "hoverongaps": False,
@@ -142,10 +158,10 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
         go.Heatmap(z=first["z"][1], colorscale="Magma", zmin=low, zmax=high,
                    colorbar={"title": {"text": "log10 score"}}, name="importance", visible=False, **common),
     ])
-    shapes, names = _block_axis_shapes(n_layers)
+    shapes, names = _block_axis_shapes(columns, n_layers)
     shapes += [  # black under white dots, readable on any colour (as in the static heatmaps)
-        {"type": "rect", "line": line, "x0": SUBLAYER_COLUMNS.index(c) - 0.42,
-         "x1": SUBLAYER_COLUMNS.index(c) + 0.42, "y0": layer - 0.42, "y1": layer + 0.42}
+        {"type": "rect", "line": line, "x0": columns.index(c) - 0.42,
+         "x1": columns.index(c) + 0.42, "y0": layer - 0.42, "y1": layer + 0.42}
         for layer, c in zip(structural["layer"], structural["column"], strict=True)
         for line in ({"color": "black", "width": 2.5}, {"color": "white", "width": 2.5, "dash": "dot"})
     ]
@@ -158,24 +174,28 @@ def heatmap_figure(cells: pd.DataFrame, benchmark: str, vmax: float) -> go.Figur
         {"label": "rank", "method": "restyle", "args": [{"visible": [True, False]}]},
         {"label": "importance (log10 score)", "method": "restyle", "args": [{"visible": [False, True]}]},
     ]
+    height, margin = 215 + 24 * max(n_layers, 6), {"t": 135, "b": 40, "l": 60, "r": 20}
+    above_block_names = 1 + 30 / (height - margin["t"] - margin["b"])  # 30 px over the plot, in paper units
     fig.update_layout(
-        title={"text": title(steps[-1])}, height=215 + 24 * n_layers,
-        margin={"t": 135, "b": 40, "l": 60, "r": 20}, plot_bgcolor=EMPTY_CELL_HEX,
+        title={"text": title(steps[-1])}, height=height,
+        margin=margin, plot_bgcolor=EMPTY_CELL_HEX,
         xaxis={"tickvals": common["x"], "ticktext": x, "tickangle": -45, "showgrid": False, "zeroline": False},
         yaxis={"tickvals": common["y"], "ticktext": y, "autorange": "reversed", "showgrid": False,
-               "zeroline": False, "title": {"text": "Q-Former layer"}},
+               "zeroline": False, "title": {"text": f"{name} layer"}},
         shapes=shapes, annotations=names,
         sliders=[{"active": len(steps) - 1, "steps": slider_steps, "currentvalue": {"prefix": "step "},
                   "pad": {"t": 60}, "len": 1.0}],
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 1.0, "xanchor": "right",
-                      "y": 1.09, "yanchor": "bottom", "showactive": True}],
+                      "y": above_block_names, "yanchor": "bottom", "showactive": True}],
     )
     return fig
 
 
 def trajectory_figure(trajectories: pd.DataFrame, phases: pd.DataFrame, benchmark: str) -> go.Figure:
-    """One benchmark's block shares over steps (``figure_data.trajectory_data``), the phases shaded."""
+    """One benchmark's block (or component) shares over steps (``figure_data.trajectory_data``), the phases shaded."""
     rows = trajectories[trajectories["benchmark"] == benchmark]
+    unit = unit_of(rows)
+    levels, colors = unit_levels(rows, unit)
     fig = go.Figure()
     for phase, start, end in phases.loc[phases["benchmark"] == benchmark, ["phase", "start", "end"]].itertuples(
         index=False
@@ -183,18 +203,20 @@ def trajectory_figure(trajectories: pd.DataFrame, phases: pd.DataFrame, benchmar
         fig.add_vrect(x0=start, x1=end, fillcolor=PHASE_COLORS.get(phase, "#f5f5f5"), opacity=1, layer="below",
                       line_width=0, annotation_text=phase, annotation_position="top left")
     n_seeds = rows.loc[rows["line"] == "seed", "seed"].nunique()
-    for block in [b for b in BLOCKS if b in set(rows["block"])]:
+    for block in levels:
         if n_seeds > 1:
-            for seed, seed_rows in rows[(rows["block"] == block) & (rows["line"] == "seed")].groupby("seed"):
+            for seed, seed_rows in rows[(rows[unit] == block) & (rows["line"] == "seed")].groupby("seed"):
                 fig.add_scatter(x=seed_rows["step"], y=seed_rows["value"], mode="lines", legendgroup=block,
-                                showlegend=False, line={"color": block_color(block), "width": 1}, opacity=0.45,
+                                showlegend=False, line={"color": colors[block], "width": 1}, opacity=0.45,
                                 name=f"{block}, seed {seed}", hovertemplate="step %{x}: %{y:.3f}")
-        mean = rows[(rows["block"] == block) & (rows["line"] == "mean")]
+        mean = rows[(rows[unit] == block) & (rows["line"] == "mean")]
         fig.add_scatter(x=mean["step"], y=mean["value"], mode="lines", legendgroup=block, name=block,
-                        line={"color": block_color(block), "width": 3},
+                        line={"color": colors[block], "width": 3},
                         hovertemplate=f"{block}, mean of {n_seeds} seed(s)<br>step %{{x}}: %{{y:.3f}}<extra></extra>")
+    what = "of the whole kept rank per component" if unit == "component" else "of kept rank per block"
+    lines = " (each seed thin, mean thick)" if n_seeds > 1 else ""
     fig.update_layout(
-        title={"text": f"{html.escape(benchmark)}: share of kept rank per block (each seed thin, mean thick)"},
+        title={"text": f"{html.escape(benchmark)}: share {what}{lines}"},
         xaxis_title="optimizer step", yaxis_title="share of kept rank", yaxis_rangemode="tozero",
         height=380, plot_bgcolor="white", margin={"t": 60, "b": 40, "l": 60, "r": 20},
     )
@@ -208,10 +230,14 @@ def _interval_text(low: float, high: float, n_seeds: int) -> str:
 
 
 def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
-    """Final block shares per benchmark with seed-bootstrap intervals (``figure_data.block_share_ci_data``),
-    one button per normalisation."""
+    """Final block (or component) shares per benchmark with seed-bootstrap intervals
+    (``figure_data.block_share_ci_data``), one button per normalisation."""
+    first_table = shares[NORMALIZATIONS[0]]
+    unit = unit_of(first_table)
+    levels, colors = unit_levels(first_table, unit)
+
     def bars(data: pd.DataFrame) -> dict[str, list]:
-        per_block = [data[data["block"] == block] for block in BLOCKS]
+        per_block = [data[data[unit] == block] for block in levels]
         return {
             "x": [list(rows["benchmark"]) for rows in per_block],
             "y": [list(rows["mean"]) for rows in per_block],
@@ -221,19 +247,19 @@ def block_share_figure(shares: dict[str, pd.DataFrame]) -> go.Figure:
                      for rows in per_block],
         }
 
-    first = bars(shares[NORMALIZATIONS[0]])
+    first = bars(first_table)
     fig = go.Figure([
-        go.Bar(x=first["x"][i], y=first["y"][i], name=block, marker_color=BLOCK_COLORS[block],
+        go.Bar(x=first["x"][i], y=first["y"][i], name=block, marker_color=colors[block],
                text=first["text"][i], textposition="none",
                error_y={"type": "data", "array": first["error_y.array"][i],
                         "arrayminus": first["error_y.arrayminus"][i], "color": "black", "thickness": 1.2},
                hovertemplate=f"{block}: %{{y:.3f}}<br>%{{text}}<extra>%{{x}}</extra>")
-        for i, block in enumerate(BLOCKS)
+        for i, block in enumerate(levels)
     ])
     buttons = [{"label": f"{name} normalisation", "method": "restyle", "args": [bars(data)]}
                for name, data in shares.items()]
     fig.update_layout(
-        barmode="group", title={"text": "Final block shares with 95% seed-bootstrap intervals"},
+        barmode="group", title={"text": f"Final {unit} shares with 95% seed-bootstrap intervals"},
         yaxis_title="share", yaxis_rangemode="tozero", height=420, plot_bgcolor="white",
         margin={"t": 110, "b": 40, "l": 60, "r": 20},
         updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 0, "xanchor": "left",
@@ -324,22 +350,35 @@ def explore(
     at most ``trajectory_steps``, evenly spaced with the first and last kept (``explorer_data.thin_steps``).
     """
     records = records.assign(benchmark=records["benchmark"].astype(str))
-    cells = allocation_cells(records, heatmap_steps)
-    vmax = float(cells["rank"].max()) or 1.0
-    trajectories = trajectory_data(thinned_records(records, trajectory_steps))
+    present = set(component_of(records))
+    components = [c for c in COMPONENTS if c in present]
+    cells = {component: allocation_cells(records, heatmap_steps, component) for component in components}
+    vmax = max(float(c["rank"].max()) for c in cells.values()) or 1.0
+    thinned = thinned_records(records, trajectory_steps)
+    trajectories = trajectory_data(thinned)
+    joint = len(components) > 1
+    component_trajectories = trajectory_data(thinned, by="component") if joint else None
     phases = phase_spans(records)
-    benchmarks = sorted(cells["benchmark"].unique())
     explorer = Explorer()
-    for benchmark in benchmarks:
-        explorer.sections.append((benchmark, [
-            (f"heatmap-{benchmark}", heatmap_figure(cells, benchmark, vmax)),
+    for benchmark in sorted(records["benchmark"].unique()):
+        views = [
+            (f"heatmap-{benchmark}", heatmap_figure(cells["qformer"], benchmark, vmax, shared=joint)),
             (f"trajectory-{benchmark}", trajectory_figure(trajectories, phases, benchmark)),
-        ]))
+        ]
+        if joint:
+            views.append((f"components-{benchmark}", trajectory_figure(component_trajectories, phases, benchmark)))
+            views += [
+                (f"heatmap-{component}-{benchmark}", heatmap_figure(cells[component], benchmark, vmax, component, True))
+                for component in components if component != "qformer"
+            ]
+        explorer.sections.append((benchmark, views))
     shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot) for normalize in NORMALIZATIONS}
-    explorer.sections.append(("Across benchmarks", [
-        ("block-shares", block_share_figure(shares)),
-        ("metrics", metrics_table(records)),
-    ]))
+    across: list[tuple[str, go.Figure | str]] = [("block-shares", block_share_figure(shares))]
+    if joint:
+        shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot, by="component")
+                  for normalize in NORMALIZATIONS}
+        across.append(("component-shares", block_share_figure(shares)))
+    explorer.sections.append(("Across benchmarks", [*across, ("metrics", metrics_table(records))]))
     return explorer
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from qformer_budget.analysis import mark_structural
 
-from .figure_data import SUBLAYER_COLUMNS, heatmap_column, plain_labels
+from .figure_data import SUBLAYER_COLUMNS, component_rows, heatmap_column, plain_labels
 
 # Enough for the slider to follow AdaLoRA's budgeting phase; a study-size report stays a few MB.
 HEATMAP_STEPS = 40
@@ -45,18 +45,16 @@ def thinned_records(records: pd.DataFrame, max_steps: int) -> pd.DataFrame:
     return pd.concat(keep, ignore_index=True)
 
 
-def allocation_cells(records: pd.DataFrame, max_steps: int = HEATMAP_STEPS) -> pd.DataFrame:
-    """One row per benchmark, thinned recorded step and Q-Former module: the heatmap cells of the explorer.
+def allocation_cells(records: pd.DataFrame, max_steps: int = HEATMAP_STEPS, component: str = "qformer") -> pd.DataFrame:
+    """One row per benchmark, thinned recorded step and module of ``component`` in a layer: the heatmap cells
+    of the explorer.
 
     Columns ``CELL_COLUMNS``: ``phase`` is the step's AdaLoRA phase, ``column`` is the heatmap column (``self_attn.query``, ...); ``rank`` and
     ``score`` are means over the seeds recorded at that step (``score`` NaN once peft cleared the scores),
     ``rank_min``/``rank_max`` their range; ``budget`` and ``threshold`` (NaN off mask steps) are the
     step's, averaged over seeds; ``structural`` flags the last layer's text FFN (no task gradient).
     """
-    qformer = records.dropna(subset=["layer"])
-    if qformer.empty:
-        raise ValueError("no Q-Former records to explore: the table has no rows with a layer")
-    rows = plain_labels(mark_structural(thinned_records(qformer, max_steps)))
+    rows = plain_labels(mark_structural(thinned_records(component_rows(records, component), max_steps)))
     rows = rows.assign(layer=rows["layer"].astype("int64"), column=heatmap_column(rows), rank=rows["rank"].astype("float64"))
     cells = rows.groupby(["benchmark", "step", "layer", "column"], as_index=False, sort=True).agg(
         phase=("phase", "first"),
@@ -72,13 +70,15 @@ def allocation_cells(records: pd.DataFrame, max_steps: int = HEATMAP_STEPS) -> p
         n_seeds=("seed", "nunique"),
         structural=("structural", "any"),
     )
-    unknown = sorted(set(cells["column"]) - set(SUBLAYER_COLUMNS))
+    unknown = sorted(set(cells["column"]) - set(SUBLAYER_COLUMNS)) if component == "qformer" else []
     if unknown:
         raise ValueError(f"records hold sublayers outside the grammar's heatmap columns: {unknown}")
     return cells[CELL_COLUMNS]
 
 
-def cell_grid(cells: pd.DataFrame, value: str, n_layers: int) -> np.ndarray:
-    """``value`` of one benchmark's cells at one step as a layer x ``SUBLAYER_COLUMNS`` array (NaN: no module)."""
+def cell_grid(
+    cells: pd.DataFrame, value: str, n_layers: int, columns: list[str] | tuple[str, ...] = SUBLAYER_COLUMNS
+) -> np.ndarray:
+    """``value`` of one benchmark's cells at one step as a layer x ``columns`` array (NaN: no module)."""
     grid = cells.pivot(index="layer", columns="column", values=value)
-    return grid.reindex(index=range(n_layers), columns=list(SUBLAYER_COLUMNS)).to_numpy()
+    return grid.reindex(index=range(n_layers), columns=list(columns)).to_numpy()

@@ -21,17 +21,20 @@ from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from qformer_budget.analysis import NORMALIZATIONS, block_share, last_recorded_step, last_scored_step
+from qformer_budget.analysis import NORMALIZATIONS, last_recorded_step, last_scored_step
 from qformer_budget.analysis.load import find_runs, load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
+from qformer_budget.core.grammar import COMPONENTS
 from qformer_budget.core.layout import method_tag_of
 from qformer_budget.core.run_folder import RecordError, read_run_meta
 from qformer_budget.core.schema import RUN_META_FILE
 
 from .distributions import plot_block_share_ci, plot_importance
 from .figure_data import (
+    COMPONENT_TITLES,
     block_share_ci_data,
     budget_schedule_data,
+    final_shares,
     heatmap_tables,
     importance_data,
     phase_spans,
@@ -51,7 +54,7 @@ INDEX_FILE = "index.md"
 # The record columns the figures and the explorer draw from; the per-direction lists, which none draws, are
 # most of the load time and memory.
 FIGURE_COLUMNS = [
-    "benchmark", "seed", "step", "phase", "mask_step", "module", "sublayer", "layer", "block", "proj",
+    "benchmark", "seed", "step", "phase", "mask_step", "module", "component", "sublayer", "layer", "block", "proj",
     "in_features", "out_features", "init_r", "rank", "score", "budget", "threshold",
 ]
 
@@ -145,6 +148,7 @@ class _FigureData:
     finals: pd.DataFrame
     scored: pd.DataFrame
     trajectories: pd.DataFrame
+    component_trajectories: pd.DataFrame
     schedules: pd.DataFrame
     phases: pd.DataFrame
 
@@ -169,6 +173,7 @@ def _prepare(runs_dir: str | os.PathLike, method: str | None) -> _FigureData:
         pieces["finals"].append(last_recorded_step(records))
         pieces["scored"].append(last_scored_step(records))
         pieces["trajectories"].append(trajectory_data(records, value="share", normalize="rank"))
+        pieces["component_trajectories"].append(trajectory_data(records, value="share", by="component"))
         pieces["schedules"].append(budget_schedule_data(records))
         pieces["phases"].append(phase_spans(records))
         del records
@@ -199,8 +204,12 @@ def regenerate_figures(
     heatmaps side by side (``rank_heatmap_grid``), the difference heatmap of every pair
     (``rank_difference_<a>_minus_<b>``), the importance distributions (``importance_by_block``) and the
     block shares with seed-bootstrap confidence intervals for each normalisation
-    (``block_share_ci_<rank|module|parameter>``). What cannot be drawn (differences with one benchmark,
-    intervals with one seed) is skipped and listed in ``index.md`` with the reason.
+    (``block_share_ci_<rank|module|parameter>``). These are the Q-Former's (block shares within it). When
+    other components shared the budget (a joint run): per benchmark the component shares over training
+    (``component_share_<b>``) and each other component's final-rank heatmap (``rank_heatmap_<component>_<b>``),
+    and across benchmarks the final component shares with their intervals (``component_share_ci_<normalisation>``).
+    What cannot be drawn (differences with one benchmark, intervals with one seed) is skipped and listed in
+    ``index.md`` with the reason.
 
     Reruns on the same records give byte-identical files: matplotlib's default style (not the user's
     matplotlibrc), fixed ``dpi``, no date or version in the metadata, a fixed bootstrap and jitter seed.
@@ -219,6 +228,7 @@ def regenerate_figures(
         tables = heatmap_tables(data.finals)
         _per_benchmark_figures(data, tables, index)
         _cross_benchmark_figures(data, tables, index, n_boot)
+        _component_figures(data, index, n_boot)
         written = draw_all(index.planned, out_dir, dpi, helpers)
     index_path = out_dir / INDEX_FILE
     write_text_atomic(index_path, _index_text(data.finals, runs_dir, out_dir, index))
@@ -310,7 +320,7 @@ def _cross_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame],
         ))
     for normalize in NORMALIZATIONS:
         intervals = block_share_ci_data(records, normalize=normalize, n_boot=n_boot)
-        seeds = block_share(records, "final", normalize)
+        seeds = final_shares(records, normalize)
         low, high = int(intervals["n_seeds"].min()), int(intervals["n_seeds"].max())
         n_seeds = f"{low}" if low == high else f"{low}-{high}"
         ci_text = "no interval: 1 seed" if one_seed else f"95% seed-bootstrap CI over {n_seeds} seeds"
@@ -323,6 +333,52 @@ def _cross_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame],
             plot_block_share_ci, intervals, seeds,
             ylabel=f"{_NORMALIZATION_TEXT[normalize]}\n(last text FFN, no task gradient, excluded)",
             title=f"Final block shares, {normalize} normalisation ({ci_text})",
+        )
+
+
+def _component_figures(data: _FigureData, index: _Index, n_boot: int) -> None:
+    """The figures of a budget shared by several components; none when the runs adapted the Q-Former only."""
+    records = data.finals
+    components = [c for c in COMPONENTS if c in set(records["component"])]
+    if len(components) < 2:
+        return
+    section = "Components sharing the budget"
+    names = " and ".join(COMPONENT_TITLES[c] for c in components)
+    trajectories = data.component_trajectories
+    for benchmark in sorted(records["benchmark"].unique()):
+        part = _file_part(benchmark)
+        index.plan(
+            f"component_share_{part}", section,
+            f"Each component's share of the one kept rank budget ({names}) over the optimizer steps on "
+            f"{benchmark}, one thin line per seed and a thick mean, with the phases shaded.",
+            plot_rank_trajectories, trajectories[trajectories["benchmark"] == benchmark], data.phases,
+            title=f"{benchmark}: share of the kept rank per component over training",
+            ylabel="share of the whole kept rank\n(last text FFN, no task gradient, excluded)",
+        )
+    for component in (c for c in components if c != "qformer"):
+        tables = heatmap_tables(records, component=component)
+        vmax = max(float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()) or 1.0
+        for benchmark, table in tables.items():
+            seeds = _seeds_text(records[records["benchmark"] == benchmark])
+            index.plan(
+                f"rank_heatmap_{component}_{_file_part(benchmark)}", section,
+                f"Final kept rank of every adapted {COMPONENT_TITLES[component]} module on {benchmark} ({seeds}), "
+                "layer by block and projection, on a colour scale shared by the benchmarks; hatched cells have "
+                "no module.",
+                plot_rank_heatmap, table, vmax=vmax,
+                title=f"{benchmark}: final AdaLoRA rank per {COMPONENT_TITLES[component]} module ({seeds})",
+            )
+    for normalize in NORMALIZATIONS:
+        intervals = block_share_ci_data(records, normalize=normalize, n_boot=n_boot, by="component")
+        one_seed = intervals["n_seeds"].max() < 2
+        ci_text = "no interval: 1 seed" if one_seed else "95% seed-bootstrap CI"
+        index.plan(
+            f"component_share_ci_{normalize}", section,
+            f"Each component's final {_NORMALIZATION_TEXT[normalize]} of the whole budget per benchmark, mean "
+            "over seeds with each seed as a dot" + ("" if one_seed else " and a 95% seed-bootstrap interval")
+            + "; analysis.compare_benchmarks on analysis.component_share gives the permutation tests.",
+            plot_block_share_ci, intervals, final_shares(records, normalize, by="component"),
+            ylabel=_NORMALIZATION_TEXT[normalize], title=f"Final component shares, {normalize} normalisation ({ci_text})",
         )
 
 

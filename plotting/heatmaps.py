@@ -15,9 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch, Rectangle
 
-from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS
-
-from .figure_data import structural_cells
+from .figure_data import COMPONENT_TITLES, structural_cells
 from .style import EMPTY_CELL_COLOR, EMPTY_CELL_HATCH, EMPTY_LABEL, STRUCTURAL_LABEL
 
 
@@ -92,13 +90,17 @@ def _draw_cells(ax: Axes, table: pd.DataFrame, *, structural: np.ndarray, signed
                                    linestyle=outline.get_linestyle(), gid="structural"))
     plt.setp(ax.get_xticklabels(), rotation=60, ha="right", fontsize=8)
     plt.setp(ax.get_yticklabels(), rotation=0, fontsize=8)
-    ax.set(xlabel="", ylabel="Q-Former layer" if ylabels else "")
-    if tuple(table.columns) == tuple(f"{b}.{p}" for b in BLOCKS for p in BLOCK_PROJS[b]):
-        starts = np.cumsum([0] + [len(BLOCK_PROJS[b]) for b in BLOCKS])
-        for edge in starts[1:-1]:
+    component = COMPONENT_TITLES.get(table.attrs.get("component", "qformer"), "Q-Former")
+    ax.set(xlabel="", ylabel=f"{component} layer" if ylabels else "")
+    blocks = [str(column).split(".", 1)[0] for column in table.columns]
+    if len(set(blocks)) > 1 and all("." in str(column) for column in table.columns):
+        starts = np.flatnonzero([i == 0 or blocks[i] != blocks[i - 1] for i in range(len(blocks))])
+        edges = np.append(starts, len(blocks))
+        for edge in edges[1:-1]:
             ax.axvline(edge, color=separator, linewidth=2 if separator == "white" else 1.2, zorder=2)
         blocks_axis = ax.secondary_xaxis("top")
-        blocks_axis.set_xticks((starts[:-1] + starts[1:]) / 2, BLOCKS, fontsize=8, fontweight="bold")
+        blocks_axis.set_xticks((edges[:-1] + edges[1:]) / 2, [blocks[i] for i in starts], fontsize=8,
+                               fontweight="bold")
         blocks_axis.tick_params(length=0)
         blocks_axis.spines["top"].set_visible(False)
 

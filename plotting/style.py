@@ -3,7 +3,8 @@ and returns the Axes it drew on (``plot_heatmap_grid`` draws several and returns
 
 - seaborn draws (heatmap, lineplot, boxplot, stripplot, barplot, FacetGrid), our styling goes on top; no
   seaborn theme is ever set, so matplotlib's style (``figures`` uses the default one) stays the caller's;
-- one colour per block, :data:`BLOCK_COLORS` (Okabe-Ito, colour-blind safe), in the grammar's block order;
+- one colour per block, :data:`BLOCK_COLORS` (Okabe-Ito, colour-blind safe), in the grammar's block order,
+  and one per component, :data:`COMPONENT_COLORS`, where a table's shares are of components (:func:`unit_of`);
 - labels are the naming grammar's (``self_attn``, ``L03``, ``cross_attn.value``);
 - a layer x sublayer cell with no module (NaN: odd layers' cross-attention) is hatched grey, never a colour
   that could read as 0;
@@ -13,11 +14,13 @@ and returns the Axes it drew on (``plot_heatmap_grid`` draws several and returns
 
 from __future__ import annotations
 
-from qformer_budget.core.grammar import BLOCKS
+from qformer_budget.core.grammar import BLOCKS, COMPONENTS, in_block_order
 
 # One colour per block, defined once and used by every figure.
 BLOCK_COLORS: dict[str, str] = dict(zip(BLOCKS, ("#0072B2", "#E69F00", "#009E73", "#CC79A7"), strict=True))
 OTHER_BLOCK_COLOR = "0.5"  # a block outside the grammar (should not happen)
+# One colour per component, for the figures of a budget shared by the vision encoder, Q-Former and LLM.
+COMPONENT_COLORS: dict[str, str] = dict(zip(COMPONENTS, ("#56B4E9", "#0072B2", "#D55E00"), strict=True))
 PHASE_COLORS: dict[str, str] = {"warmup": "#ececec", "budgeting": "#ffffff", "final": "#d9d9d9"}
 MASK_STEP_COLOR = "#D55E00"
 
@@ -30,3 +33,17 @@ EMPTY_LABEL = "no module"
 def block_color(block: str) -> str:
     """The colour of ``block`` in every figure."""
     return BLOCK_COLORS.get(block, OTHER_BLOCK_COLOR)
+
+
+def unit_of(data) -> str:
+    """What a table's shares are of: ``"block"``, or ``"component"`` for a table of component shares."""
+    return "component" if "component" in data.columns and "block" not in data.columns else "block"
+
+
+def unit_levels(data, unit: str) -> tuple[list[str], dict[str, str]]:
+    """The ``unit`` values of ``data`` in grammar order, and their colours."""
+    if unit == "component":
+        levels = [c for c in (*COMPONENTS, *sorted(set(data[unit]) - set(COMPONENTS))) if c in set(data[unit])]
+        return levels, {c: COMPONENT_COLORS.get(c, OTHER_BLOCK_COLOR) for c in levels}
+    levels = in_block_order(data[unit])
+    return levels, {block: block_color(block) for block in levels}

@@ -9,9 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from qformer_budget.core.grammar import in_block_order
-
-from .style import MASK_STEP_COLOR, PHASE_COLORS, block_color
+from .style import MASK_STEP_COLOR, PHASE_COLORS, unit_levels, unit_of
 
 
 def _shade_phases(ax: Axes, phases: pd.DataFrame | None, benchmark: str | None) -> list[Patch]:
@@ -79,16 +77,17 @@ def plot_rank_trajectories(
     title: str | None = None,
     ylabel: str = "share of kept rank",
 ) -> Axes:
-    """Per block, ``value`` over steps (``qformer_budget.plotting.figure_data.trajectory_data``, one benchmark).
+    """Per block (or component), ``value`` over steps (``qformer_budget.plotting.figure_data.trajectory_data``,
+    one benchmark).
 
-    ``sns.lineplot`` in the block's colour: each seed is a thin line (``gid="seed"``), the precomputed mean
+    ``sns.lineplot`` in the block's (component's) colour: each seed is a thin line (``gid="seed"``), the precomputed mean
     over seeds a thick line (``gid="mean"``, the legend entry); with one seed only its thick line is drawn.
     ``phases`` (``qformer_budget.plotting.figure_data.phase_spans``) shades warmup, budgeting and final.
     """
     ax, phase_handles = _start(data, phases, ax, "plot_rank_trajectories")
-    blocks = in_block_order(data["block"])
-    palette = {block: block_color(block) for block in blocks}
-    by_block = {"y": "value", "hue": "block", "hue_order": blocks, "palette": palette}
+    unit = unit_of(data)
+    blocks, palette = unit_levels(data, unit)
+    by_block = {"y": "value", "hue": unit, "hue_order": blocks, "palette": palette}
     n_seeds = data.loc[data["line"] == "seed", "seed"].nunique()
     if n_seeds > 1:  # with one seed its line is the mean
         _lines(ax, data[data["line"] == "seed"], "seed", units="seed", linewidth=0.8, alpha=0.55, zorder=2,

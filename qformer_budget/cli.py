@@ -11,16 +11,17 @@ from qformer_budget.runner.methods import METHODS  # the registry loads without 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import demo_config, metrics_table, run_demo
+    from .demo import demo_configs, metrics_table, run_demo
 
     started = time.perf_counter()
-    report, figures = run_demo(args.out, demo_config(args.out, args.seeds, args.examples, args.epochs))
-    print(report.summary())
+    reports, figures = run_demo(args.out, demo_configs(args.out, args.seeds, args.examples, args.epochs))
+    for report in reports:
+        print(report.summary())
     print(metrics_table(args.out))
-    if figures:
-        print(f"figures: {len(figures) - 1} files in {figures[-1].parent}, listed in {figures[-1]}")
+    for paths in figures:
+        print(f"figures: {len(paths) - 1} files in {paths[-1].parent}, listed in {paths[-1]}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return 0 if not report.failed else 1
+    return 0 if not any(report.failed for report in reports) else 1
 
 
 def _run(args: argparse.Namespace) -> int:

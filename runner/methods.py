@@ -26,6 +26,7 @@ from qformer_budget.core.adalora_rules import (
     adapter_parameters,
     check_ranks,
 )
+from qformer_budget.core.grammar import placement_regexes
 from qformer_budget.core.layout import adalora_tag, check_folder_name, lora_tag
 from qformer_budget.vl_methods.routing.config import VARIANTS as ROUTING_VARIANTS
 
@@ -52,7 +53,7 @@ class MethodSettings:
 
 @dataclass(frozen=True)
 class LoraSettings(MethodSettings):
-    """Plain LoRA at a fixed ``rank`` on a Q-Former placement."""
+    """Plain LoRA at a fixed ``rank`` on a placement (``grammar.placement_regexes``: Q-Former, LLM, joined by ``+``)."""
 
     name: ClassVar[str] = "lora"
     placement: str = "all_linear"
@@ -60,6 +61,7 @@ class LoraSettings(MethodSettings):
     lora_alpha: float = 8.0
 
     def __post_init__(self) -> None:
+        placement_regexes(self.placement)  # refuses an unknown placement, naming it
         check_folder_name(self.tag, f"placement {self.placement!r} gives the method tag")
 
     @property
@@ -75,7 +77,8 @@ class LoraSettings(MethodSettings):
 
 @dataclass(frozen=True)
 class AdaLoraSettings(MethodSettings):
-    """AdaLoRA from ``init_r`` to ``target_r`` on a Q-Former placement; the phases as fractions of the run."""
+    """AdaLoRA from ``init_r`` to ``target_r`` on a placement (Q-Former, LLM or both joined by ``+``, sharing one
+    budget); the phases as fractions of the run."""
 
     name: ClassVar[str] = "adalora"
     records_budget: ClassVar[bool] = True
@@ -96,6 +99,7 @@ class AdaLoraSettings(MethodSettings):
                 f"{self.warmup_fraction} and {self.final_fraction}"
             )
         check_ranks(self.init_r, self.target_r)
+        placement_regexes(self.placement)  # refuses an unknown placement, naming it
         check_folder_name(self.tag, f"placement {self.placement!r} gives the method tag")
 
     @property

@@ -126,7 +126,7 @@ def test_select_step_final_is_per_run_and_an_int_must_exist_everywhere(records):
 
 def test_block_share_rank_normalisation_by_hand(records):
     shares = block_share(records)
-    assert list(shares.columns) == ["run", "benchmark", "seed", "step", "block", "share"]
+    assert list(shares.columns) == ["run", "benchmark", "seed", "step", "component", "block", "share"]
     # Run A, step 30, structural excluded: self 2+2, cross 4, ffn_query 1+3, ffn_text 3 -> 15.
     assert shares_of(shares, "A/seed0") == pytest.approx(
         {"self_attn": 4 / 15, "cross_attn": 4 / 15, "ffn_query": 4 / 15, "ffn_text": 3 / 15}
@@ -184,7 +184,7 @@ def test_block_share_at_a_given_step_and_bad_normalisation(records):
 
 def test_layer_share_all_normalisations_by_hand(records):
     rank = layer_share(records)
-    assert list(rank.columns) == ["run", "benchmark", "seed", "step", "layer", "share"]
+    assert list(rank.columns) == ["run", "benchmark", "seed", "step", "component", "layer", "share"]
     # Layer 0: 2+4+1+3=10, layer 1 (no structural): 2+3=5.
     assert shares_of(rank, "A/seed0", "layer") == pytest.approx({0: 10 / 15, 1: 5 / 15})
     module = layer_share(records, normalize="module")
@@ -238,7 +238,7 @@ def test_settle_step_on_a_designed_trajectory():
     stable = {step: ([30, 70], [1.0, 1.0]) for step in (1, 2, 3)}
     records = records_frame({("A", 0, modules): steps, ("A", 1, modules): stable})
     settled = settle_step(records, tolerance=0.02)
-    assert list(settled.columns) == ["run", "benchmark", "seed", "block", "settle_step", "final_share"]
+    assert list(settled.columns) == ["run", "benchmark", "seed", "component", "block", "settle_step", "final_share"]
     assert settled[["run", "block", "settle_step"]].values.tolist() == [
         ["A/seed0", "self_attn", 4],
         ["A/seed0", "ffn_query", 4],

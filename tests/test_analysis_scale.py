@@ -21,7 +21,7 @@ from qformer_budget.analysis import (
 )
 from qformer_budget.benchmarks.synthetic_records import qformer_modules, write_synthetic_runs
 from qformer_budget.core.grammar import parse_sublayer
-from qformer_budget.core.schema import RESUMES_APPLIED_KEY
+from qformer_budget.core.schema import RESUMES_APPLIED_KEY, SCHEMA_VERSION
 
 from fake_runs import fake_modules, fake_record, write_fake_run
 
@@ -59,7 +59,7 @@ def test_runs_are_finished_run_folders_in_the_record_schema(runs_dir, records, t
     ]
     for run_dir in run_dirs:
         meta = json.loads((run_dir / "run.json").read_text())
-        assert meta["status"] == "finished" and meta["schema_version"] == 1
+        assert meta["status"] == "finished" and meta["schema_version"] == SCHEMA_VERSION
         assert meta["recorded_steps"] == len(RECORDED)
         schedule = dict(init_r=INIT_R, target_r=TARGET_R, tinit=TINIT, tfinal=TFINAL, deltaT=DELTA_T)
         assert {key: meta["adalora"][key] for key in schedule} == schedule

@@ -42,6 +42,12 @@ def test_shipped_configs_load_and_expand():
     paper = load_config(CONFIGS / "adalora_four_benchmarks.toml")
     assert paper.model.preset == "instructblip-flan-t5-xl" and paper.training.epochs == 15
     assert [r.eval_split for r in paper.runs()[::3]] == ["test", "test", "test", "val"]
+    joint = load_config(CONFIGS / "adalora_joint_four_benchmarks.toml")
+    assert [m.tag for m in joint.methods] == ["adalora-paper_all+llm_all-r12to4"] and len(joint.runs()) == 12
+    demo_joint = load_config(CONFIGS / "demo_joint.toml")
+    assert [(r.benchmark, r.seed, r.method.tag) for r in demo_joint.runs()] == [
+        (b, 0, "adalora-all_linear+llm_all_linear-r12to4") for b in ("scienceqa", "iconqa", "flickr30k", "vizwiz")
+    ]
 
 
 def test_paths_are_taken_from_the_current_folder(tmp_path, monkeypatch):
@@ -64,6 +70,7 @@ def test_paths_are_taken_from_the_current_folder(tmp_path, monkeypatch):
         (MINIMAL.replace('name = "adalora"', 'name = "dora"'), r"method name must be one of \['adalora', 'lora', 'routed_adalora', 'routed_lora', 'memvp'\]"),
         (MINIMAL + 'routing = "concat"\n', r"\[\[methods\]\]\[0\]: routing must be one of \['multiply', 'add', 'matmul', 'matmul2'\]"),
         (MINIMAL + 'placement = ["paper_all", "paper_all"]\n', r"the same variant appears twice"),
+        (MINIMAL + 'placement = "paper_all+llm_mlp"\n', r"\[\[methods\]\]\[0\]: unknown placement 'llm_mlp'"),
         (MINIMAL + "final_fraction = 0.95\nwarmup_fraction = 0.1\n", r"warmup_fraction \+ final_fraction < 1"),
         (MINIMAL.replace("[[methods]]\nname = \"adalora\"\n", ""), r"give at least one \[\[methods\]\] entry"),
         ("[sweep\nout=", r"sweep.toml: not valid TOML"),

@@ -6,6 +6,7 @@ import torch
 from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
 from qformer_budget.runner.params import (
+    JOINT_PLACEMENT,
     TABLE_PLACEMENTS,
     census,
     format_table,
@@ -104,7 +105,11 @@ def _llm_units_from_config(text) -> dict[str, int]:
         v_out = text.num_key_value_heads * text.head_dim
         attn = text.num_hidden_layers * (2 * text.hidden_size + q_out + v_out)
         ffn = text.num_hidden_layers * 3 * (text.hidden_size + text.intermediate_size)  # gate, up, down
-    return {"llm_attn": attn, "llm_ffn": ffn, "llm_all": attn + ffn}
+    if text.model_type == "t5":  # every projection: q k v o of each attention block
+        all_attn = attention_blocks * 4 * (text.d_model + inner)
+    else:
+        all_attn = text.num_hidden_layers * 2 * (2 * text.hidden_size + q_out + v_out)  # q, o; k, v
+    return {"llm_attn": attn, "llm_ffn": ffn, "llm_all": attn + ffn, "llm_all_linear": all_attn + ffn}
 
 
 @pytest.mark.parametrize("name", ["instructblip-flan-t5-xl", "instructblip-vicuna-7b", "blip2-flan-t5-xl"])
@@ -113,7 +118,11 @@ def test_llm_placements_match_the_config_dimensions(name):
     assert {placement: per_unit_rank(name, placement) for placement in expected} == expected
     combined = per_unit_rank(name, "qformer_all+llm_all")
     assert combined == per_unit_rank(name, "paper_all") + expected["llm_all"]
-    assert all(t.name.startswith("language_model.") for t in target_linears(name, "llm_all"))
+    assert all(t.name.startswith("language_model.") for t in target_linears(name, "llm_all_linear"))
+    joint = per_unit_rank(name, JOINT_PLACEMENT)  # the joint study's table row: every Q-Former and LLM Linear
+    assert joint == per_unit_rank(name, "all_linear") + expected["llm_all_linear"]
+    table = parameter_table([name], ranks=(8,), placements=(JOINT_PLACEMENT,))
+    assert table["trainable"].tolist() == [8 * joint]
 
 
 def test_format_table_prints_one_line_per_row():

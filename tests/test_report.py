@@ -77,7 +77,7 @@ def test_allocation_cells_average_seeds_and_carry_budget_threshold_and_structure
     assert last.loc[last["structural"], "sublayer"].tolist() == ["L11.ffn_text.intermediate", "L11.ffn_text.output"]
     mask_rows = cells[cells["threshold"].notna()]
     assert len(mask_rows) and cells.loc[cells["phase"] == "warmup", "threshold"].isna().all()
-    with pytest.raises(ValueError, match="no Q-Former records to explore"):
+    with pytest.raises(ValueError, match="no Q-Former records to draw"):
         allocation_cells(records.assign(layer=np.nan))
 
 
