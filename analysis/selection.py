@@ -19,6 +19,7 @@ Conventions of every metric in ``qformer_budget.analysis``:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Literal
 
@@ -80,9 +81,12 @@ def component_of(records: pd.DataFrame) -> pd.Series:
 
 
 def _label_component(label: str) -> str:
-    """The component a grammar label names: its prefix (``llm.L05...``), none for the Q-Former's (``L02...``)."""
+    """The component a grammar label names: its prefix (``llm.L05...``), none for the Q-Former's layers
+    (``L02...``); a label that is neither is the module name of a module the grammar does not know."""
     prefix = label.split(".", 1)[0]
-    return prefix if prefix in COMPONENTS else V1_COMPONENT
+    if prefix in COMPONENTS:
+        return prefix
+    return V1_COMPONENT if re.fullmatch(r"L\d+", prefix) else OTHER
 
 
 def _module_component(name: str) -> str:
@@ -132,6 +136,8 @@ def _sort_key(column: pd.Series) -> pd.Series:
         return column.map(block_order(column.dropna()))
     if column.name == "component":
         return column.map(COMPONENT_ORDER).fillna(len(COMPONENT_ORDER))
+    if column.name == "stack":
+        return column.map({"": 0, "encoder": 1, "decoder": 2})
     return column
 
 

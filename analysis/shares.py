@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from qformer_budget.core.adalora_rules import adapter_parameters
+from qformer_budget.core.grammar import layer_stack
 
 from .selection import (
     RUN_KEYS,
@@ -52,7 +53,12 @@ def _unit_totals(
     if unit not in _UNIT_KEYS:
         raise ValueError(f"unit must be one of {tuple(_UNIT_KEYS)}; got {unit!r}")
     records = with_component(records)
-    unit_keys = list(_UNIT_KEYS[unit])
+    if "layer" in _UNIT_KEYS[unit] and "block" in records.columns:
+        blocks = records["block"]
+        stacks = blocks.map({block: layer_stack(str(block)) for block in blocks.dropna().unique()}).fillna("")
+        if (stacks != "").any():  # T5: layer i of the encoder and of the decoder are two units
+            records = records.assign(stack=stacks)
+    unit_keys = _unit_columns(records, unit)
     keys = [*STEP_KEYS, *unit_keys]
     # A share is of the whole budget for components, of the component's budget for everything else.
     whole = [*STEP_KEYS] if unit == "component" else [*STEP_KEYS, "component"]
@@ -87,6 +93,14 @@ def _unit_totals(
     return sorted_rows(out, keys)
 
 
+def _unit_columns(table: pd.DataFrame, unit: Unit) -> list[str]:
+    """The columns naming a unit: the unit's keys, with ``stack`` before ``layer`` where ``table`` has one (T5)."""
+    keys = list(_UNIT_KEYS[unit])
+    if "stack" in table.columns and "layer" in keys:
+        keys.insert(keys.index("layer"), "stack")
+    return keys
+
+
 def component_share(
     records: pd.DataFrame,
     step: StepSelector = "final",
@@ -98,6 +112,8 @@ def component_share(
     How much of one AdaLoRA budget shared by the vision encoder, the Q-Former and the LLM each keeps, with
     the normalisations of :func:`block_share` (``"module"``: mean rank per module of the component, so that
     a component with more modules is not favoured for that alone). Shares sum to 1 per run and step.
+    Structural rows (see :func:`mark_structural`) are excluded from numerator and denominator unless
+    ``include_structural``, as in every share here.
     """
     totals = _unit_totals(select_step(records, step), "component", normalize, include_structural)
     return totals[[*STEP_KEYS, "component", "share"]]
@@ -141,12 +157,13 @@ def layer_share(
     The same three normalisations as :func:`block_share`, with the layer (or the layer x block cell)
     in place of the block: ``"module"`` divides by the number of modules of the layer, which is larger
     in the even layers that hold cross-attention. Shares sum to 1 per run, step and component (column
-    ``component``); absent cells (odd layers' cross-attention) and modules outside the layers (projection,
+    ``component``); a T5 language model's layers are told apart by ``stack`` (``encoder``, ``decoder``), a
+    column that appears only then; absent cells (odd layers' cross-attention) and modules outside the layers (projection,
     LM head) have no row. Structural rows are excluded unless ``include_structural``.
     """
     unit: Unit = "layer_block" if by_block else "layer"
     totals = _unit_totals(select_step(records, step), unit, normalize, include_structural)
-    return totals[[*STEP_KEYS, *_UNIT_KEYS[unit], "share"]]
+    return totals[[*STEP_KEYS, *_unit_columns(totals, unit), "share"]]
 
 
 def rank_trajectories(
@@ -181,9 +198,9 @@ def settle_step(
     final_share``.
     Shares as in :func:`rank_trajectories`.
     """
-    unit_keys = list(_UNIT_KEYS[by])
-    keys = [*RUN_KEYS, *unit_keys]
-    trajectory = _unit_totals(records, by, normalize, include_structural).sort_values([*keys, "step"])
+    trajectory = _unit_totals(records, by, normalize, include_structural)
+    keys = [*RUN_KEYS, *_unit_columns(trajectory, by)]
+    trajectory = trajectory.sort_values([*keys, "step"])
     final_share = trajectory.groupby(keys, observed=True)["share"].transform("last")
     outside = ((trajectory["share"] - final_share).abs() > tolerance).astype(int)
     # Number of out-of-band steps at or after each step: the run has settled where it is 0.

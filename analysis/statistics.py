@@ -84,6 +84,8 @@ def _unit_of(table: pd.DataFrame, block: str | None, component: str | None) -> d
         return {"component": component}
     if block is None:
         raise ValueError("block shares: give block= (and component= where two components have that block)")
+    if "component" not in units and component is not None:
+        raise ValueError("these block shares have no component column: give block= only")
     if "component" in units and component is None:
         components = sorted(set(table.loc[table["block"] == block, "component"].astype(str)))
         if len(components) > 1:

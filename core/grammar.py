@@ -106,6 +106,12 @@ def in_block_order(blocks: Iterable[str]) -> list[str]:
     return [b for b in BLOCK_ORDER if b in present] + sorted(present - set(BLOCK_ORDER))
 
 
+def layer_stack(block: str) -> str:
+    """Which stack of layers a block sits in: ``encoder`` or ``decoder`` for T5's blocks (layer ``i`` of the
+    encoder is not layer ``i`` of the decoder), ``""`` for a component with one stack."""
+    return {"enc_": "encoder", "dec_": "decoder"}.get(block[:4], "")
+
+
 def block_key(component: str, block: str) -> str:
     """A block's name across components (live-view tags, summary columns): the Q-Former's bare (``cross_attn``),
     the others' prefixed with their component (``llm.mlp``), since LLaMA has a ``self_attn`` of its own."""
@@ -177,7 +183,8 @@ def placement_regexes(
     if not isinstance(placement, str):
         return {"qformer": _qformer_regex(placement, layers)}
     parts = placement.split("+")
-    if len(set(parts)) < len(parts):
+    names = [PLACEMENT_ALIASES.get(part, part) for part in parts]
+    if len(set(names)) < len(names):
         raise ValueError(f"placement {placement!r} names a part twice")
     regexes = {}
     for part in parts:
@@ -226,8 +233,9 @@ def qformer_sublayers(module_names: Iterable[str]) -> dict[str, Sublayer]:
 # --- The whole model: vision encoder, Q-Former, LLM ---
 
 COMPONENTS: tuple[str, ...] = ("vision", "qformer", "llm")
+COMPONENT_TITLES: dict[str, str] = {"vision": "vision encoder", "qformer": "Q-Former", "llm": "LLM"}
 
-# (component, regex, block of each matched kind): names behind any prefix, transformers and LAVIS spellings.
+# Each component's Linear names behind any prefix, transformers and LAVIS spellings; {kinds} and {projs} choose.
 _VISION_PATTERN = (
     r"(?:.*\.)?(?:vision_model\.encoder\.layers|visual_encoder\.blocks)\.(?P<layer>\d+)\."
     r"(?P<kind>{kinds})\.(?P<proj>{projs})"
@@ -248,11 +256,16 @@ _LLAMA_RE = re.compile(
 )
 
 
+def _unnamed(pattern: str) -> str:
+    """``pattern`` without its named groups, so that several can be joined into one regex."""
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
 def _llm_regex(t5_kinds: str, t5_projs: str, llama_kinds: str, llama_projs: str) -> str:
     """One regex for a placement in T5 / FlanT5 and in LLaMA / Vicuna: each family's names match only their own."""
     t5 = _T5_PATTERN.format(kinds=t5_kinds, projs=t5_projs)
     llama = _LLAMA_PATTERN.format(kinds=llama_kinds, projs=llama_projs)
-    return re.sub(r"\(\?P<\w+>", "(?:", f"(?:{t5}|{llama})")
+    return _unnamed(f"(?:{t5}|{llama})")
 
 
 # Placements outside the Q-Former: (component, anchored regex). The paper's LLM placements are its peft
@@ -268,7 +281,7 @@ COMPONENT_PLACEMENTS: dict[str, tuple[str, str]] = {
         f"{_T5_ATTENTION}|{_T5_FFN}", f"q|k|v|o|{_T5_FFN_PROJS}", "self_attn|mlp",
         f"q_proj|k_proj|v_proj|o_proj|{_LLAMA_FFN_PROJS}",
     )),
-    "vision_all_linear": ("vision", re.sub(r"\(\?P<\w+>", "(?:", _VISION_RE.pattern)),
+    "vision_all_linear": ("vision", _unnamed(_VISION_RE.pattern)),
 }
 # Every block and projection of every component, in the order tables and figures list them.
 COMPONENT_BLOCK_PROJS: dict[str, dict[str, tuple[str, ...]]] = {

@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -307,7 +308,9 @@ def compact(run_dir: Path, meta: dict[str, Any], parts_written: int) -> pa.Table
     The compacted file is complete on disk (temporary name, fsync, rename) before any part is removed.
     """
     table = read_record_table(run_dir, meta)
-    if table.num_rows:
+    if table.num_rows:  # rows read from version-1 parts are now stored as version 2's, with their component
+        versions = pa.array(np.full(table.num_rows, SCHEMA_VERSION, dtype=np.int16))
+        table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version", versions)
         metadata = RECORD_SCHEMA.metadata | {
             COMPACTED_PARTS_KEY: str(parts_written).encode(),
             RESUMES_APPLIED_KEY: str(len(meta.get(RESUMES_FIELD, []))).encode(),

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qformer_budget.core.grammar import COMPONENTS, block_key, in_block_order
-from qformer_budget.core.records import ModuleInfo, StepRecord
+from qformer_budget.core.records import OTHER, ModuleInfo, StepRecord
 
 from .sinks import RecordSink
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-OTHER_BLOCK = "other"
 HEATMAP_TAG = "heatmap/rank"
 
 
@@ -77,15 +76,17 @@ class LiveViewSink(RecordSink):
     def _index_modules(self, modules: tuple[ModuleInfo, ...]) -> None:
         """Per-module labels and block indices, computed once per run (the module list never changes)."""
         positions = [m.position for m in modules]
-        module_blocks = [OTHER_BLOCK if p is None else block_key(p.component, p.block) for p in positions]
+        module_blocks = [OTHER if p is None else block_key(p.component, p.block) for p in positions]
         self._blocks = in_block_order(module_blocks)
         self._block_of = np.array([self._blocks.index(b) for b in module_blocks])
-        module_components = [OTHER_BLOCK if p is None else p.component for p in positions]
-        present = [c for c in (*COMPONENTS, OTHER_BLOCK) if c in module_components]
+        module_components = [OTHER if p is None else p.component for p in positions]
+        present = [c for c in (*COMPONENTS, OTHER) if c in module_components]
         self._components = present if len(present) > 1 else []
         self._component_of = np.array([present.index(c) for c in module_components])
         self._labels = [m.label for m in modules]
-        self._qformer_present = "qformer" in module_components
+        self._qformer_rows = np.array([p is not None and p.component == "qformer" and p.layer is not None
+                                       for p in positions])
+        self._qformer_present = bool(self._qformer_rows.any())
         self._modules = modules
 
     def _per_block(self, values: np.ndarray) -> np.ndarray:
@@ -122,12 +123,16 @@ class LiveViewSink(RecordSink):
         from qformer_budget.plotting.figure_data import rank_heatmap_data
         from qformer_budget.plotting.heatmaps import plot_rank_heatmap
 
+        if record.modules is not self._modules:
+            self._index_modules(record.modules)
         frame = record.to_table().to_pandas()
         frame["run"] = self._title
         table = rank_heatmap_data(frame)
         figure = Figure(figsize=(8, 0.42 * len(table) + 1.6), layout="constrained")
+        kept = int(record.ranks[self._qformer_rows].sum())
+        whose = "kept" if self._qformer_rows.all() else "Q-Former kept"
         plot_rank_heatmap(
             table, figure.add_subplot(), vmax=record.init_r,
-            title=f"{self._title}, step {record.step}: budget {record.budget}, kept {int(record.ranks.sum())}",
+            title=f"{self._title}, step {record.step}: budget {record.budget}, {whose} {kept}",
         )
         return figure

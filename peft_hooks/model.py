@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.adalora import AdaLoraModel
 
-from qformer_budget.core.grammar import parse_module, placement_component
+from qformer_budget.core.grammar import COMPONENT_TITLES, parse_module, placement_component
 
 from .config import AdaLoraSetup
 from .peft_internals import allocator_takes, peft_forward_hooks
@@ -43,9 +43,6 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-COMPONENT_NAMES = {"vision": "vision encoder", "qformer": "Q-Former", "llm": "language model"}
-
-
 def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = None) -> AdaLoraPeftModel:
     """Wrap ``model`` with AdaLoRA on the modules that ``setup`` chooses, all sharing one rank budget.
 
@@ -67,11 +64,12 @@ def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = 
         named = "the Q-Former placement" if part == "qformer" else f"placement {part!r}"
         if component is not None and component not in present:
             raise ValueError(
-                f"{model_name} has no {COMPONENT_NAMES[component]}: {named} adapts it, and no Linear layer "
+                f"{model_name} has no {COMPONENT_TITLES[component]}: {named} adapts it, and no Linear layer "
                 f"of the model is named like one (the grammar finds {_listed(present)})"
             )
-        example = next((n for n, p in positions.items() if p is not None and p.component == component), None)
-        hint = f"; {COMPONENT_NAMES[component]} Linear names look like {example!r}" if example else ""
+        example = next((n for n, p in positions.items() if p is not None and component in (None, p.component)), None)
+        whose = "" if component is None else f"{COMPONENT_TITLES[component]} "
+        hint = f"; {whose}Linear names look like {example!r}" if example else ""
         what = f"target regex {regex!r}" if component is None else f"{named} (regex {regex!r})"
         raise ValueError(f"{what} matches no Linear layer of {model_name}{hint}")
     pattern = re.compile(setup.regex)
@@ -89,8 +87,8 @@ def add_adalora(model: torch.nn.Module, setup: AdaLoraSetup, seed: int | None = 
 
 
 def _listed(components: set[str]) -> str:
-    names = [COMPONENT_NAMES[c] for c in COMPONENT_NAMES if c in components]
-    return ", ".join(names) if names else "no vision encoder, Q-Former or language model"
+    names = [COMPONENT_TITLES[c] for c in COMPONENT_TITLES if c in components]
+    return ", ".join(names) if names else "no vision encoder, Q-Former or LLM"
 
 
 _ADAPTER_SEED = "qformer_budget_adapter_seed"

@@ -38,10 +38,10 @@ from qformer_budget.analysis import NORMALIZATIONS, run_summary
 from qformer_budget.analysis.load import load_runs
 from qformer_budget.analysis.selection import component_of
 from qformer_budget.core.atomic import write_text_atomic
-from qformer_budget.core.grammar import COMPONENTS, component_columns
+from qformer_budget.core.grammar import COMPONENT_TITLES, COMPONENTS, component_columns
 
 from .explorer_data import HEATMAP_STEPS, TRAJECTORY_STEPS, allocation_cells, cell_grid, thinned_records
-from .figure_data import COMPONENT_TITLES, block_share_ci_data, phase_spans, trajectory_data
+from .figure_data import block_share_ci_data, phase_spans, trajectory_data
 from .figures import FIGURE_COLUMNS, runs_by_benchmark
 from .style import EMPTY_CELL_COLOR, EMPTY_LABEL, PHASE_COLORS, STRUCTURAL_LABEL, unit_levels, unit_of
 
@@ -348,31 +348,35 @@ def explore(
 
     The heatmap slider offers at most ``heatmap_steps`` recorded steps per benchmark and the trajectories
     at most ``trajectory_steps``, evenly spaced with the first and last kept (``explorer_data.thin_steps``).
+    Block trajectories and shares are the Q-Former's, or the first adapted component's in runs without one
+    (a plain LLM); each component in layers gets its heatmap.
     """
     records = records.assign(benchmark=records["benchmark"].astype(str))
-    present = set(component_of(records))
-    components = [c for c in COMPONENTS if c in present]
-    cells = {component: allocation_cells(records, heatmap_steps, component) for component in components}
+    in_layers = set(component_of(records)[records["layer"].notna().to_numpy()])
+    components = [c for c in COMPONENTS if c in set(component_of(records))]
+    drawn = [c for c in components if c in in_layers]  # a component of layerless modules only has no heatmap
+    main = "qformer" if "qformer" in drawn else drawn[0]  # whose blocks the trajectories and shares show
+    cells = {component: allocation_cells(records, heatmap_steps, component) for component in drawn}
     vmax = max(float(c["rank"].max()) for c in cells.values()) or 1.0
     thinned = thinned_records(records, trajectory_steps)
-    trajectories = trajectory_data(thinned)
+    trajectories = trajectory_data(thinned, component=main)
     joint = len(components) > 1
     component_trajectories = trajectory_data(thinned, by="component") if joint else None
     phases = phase_spans(records)
     explorer = Explorer()
     for benchmark in sorted(records["benchmark"].unique()):
-        views = [
-            (f"heatmap-{benchmark}", heatmap_figure(cells["qformer"], benchmark, vmax, shared=joint)),
-            (f"trajectory-{benchmark}", trajectory_figure(trajectories, phases, benchmark)),
-        ]
-        if joint:
-            views.append((f"components-{benchmark}", trajectory_figure(component_trajectories, phases, benchmark)))
-            views += [
-                (f"heatmap-{component}-{benchmark}", heatmap_figure(cells[component], benchmark, vmax, component, True))
-                for component in components if component != "qformer"
-            ]
+        views = []
+        for component in drawn:
+            key = f"heatmap-{benchmark}" if component == "qformer" else f"heatmap-{component}-{benchmark}"
+            views.append((key, heatmap_figure(cells[component], benchmark, vmax, component, shared=joint)))
+            if component == main:
+                views.append((f"trajectory-{benchmark}", trajectory_figure(trajectories, phases, benchmark)))
+                if joint:
+                    views.append((f"components-{benchmark}",
+                                  trajectory_figure(component_trajectories, phases, benchmark)))
         explorer.sections.append((benchmark, views))
-    shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot) for normalize in NORMALIZATIONS}
+    shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot, component=main)
+              for normalize in NORMALIZATIONS}
     across: list[tuple[str, go.Figure | str]] = [("block-shares", block_share_figure(shares))]
     if joint:
         shares = {normalize: block_share_ci_data(records, normalize, n_boot=n_boot, by="component")

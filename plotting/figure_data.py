@@ -16,10 +16,10 @@ from qformer_budget.analysis import (
     select_step,
 )
 from qformer_budget.analysis.selection import COMPONENT_ORDER, component_of
-from qformer_budget.core.grammar import BLOCK_PROJS, BLOCKS, STRUCTURAL_BLOCK, block_order, component_columns
+from qformer_budget.core.grammar import COMPONENT_TITLES, STRUCTURAL_BLOCK, block_order, component_columns
 
 # Heatmap columns in grammar order: self-attention, cross-attention, query FFN, text FFN.
-SUBLAYER_COLUMNS: tuple[str, ...] = tuple(f"{block}.{proj}" for block in BLOCKS for proj in BLOCK_PROJS[block])
+SUBLAYER_COLUMNS: tuple[str, ...] = tuple(component_columns("qformer", ()))
 
 
 def heatmap_column(rows: pd.DataFrame) -> pd.Series:
@@ -30,9 +30,6 @@ def heatmap_column(rows: pd.DataFrame) -> pd.Series:
 def plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its categorical columns as strings (frames with different categories then concatenate)."""
     return frame.astype({name: str for name in frame.select_dtypes("category").columns})
-
-
-COMPONENT_TITLES = {"vision": "vision encoder", "qformer": "Q-Former", "llm": "LLM"}
 
 
 def component_rows(records: pd.DataFrame, component: str) -> pd.DataFrame:

@@ -24,14 +24,13 @@ from matplotlib.figure import Figure
 from qformer_budget.analysis import NORMALIZATIONS, last_recorded_step, last_scored_step
 from qformer_budget.analysis.load import find_runs, load_runs
 from qformer_budget.core.atomic import atomic_write, write_text_atomic
-from qformer_budget.core.grammar import COMPONENTS
+from qformer_budget.core.grammar import COMPONENT_TITLES, COMPONENTS
 from qformer_budget.core.layout import method_tag_of
 from qformer_budget.core.run_folder import RecordError, read_run_meta
 from qformer_budget.core.schema import RUN_META_FILE
 
 from .distributions import plot_block_share_ci, plot_importance
 from .figure_data import (
-    COMPONENT_TITLES,
     block_share_ci_data,
     budget_schedule_data,
     final_shares,
@@ -225,9 +224,13 @@ def regenerate_figures(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         index = _Index()
-        tables = heatmap_tables(data.finals)
+        with_qformer = ((data.finals["component"] == "qformer") & data.finals["layer"].notna()).any()
+        tables = heatmap_tables(data.finals) if with_qformer else {}
         _per_benchmark_figures(data, tables, index)
-        _cross_benchmark_figures(data, tables, index, n_boot)
+        if with_qformer:
+            _cross_benchmark_figures(data, tables, index, n_boot)
+        else:
+            index.skipped.append(("the Q-Former's figures", "these runs adapted no Q-Former sublayer"))
         _component_figures(data, index, n_boot)
         written = draw_all(index.planned, out_dir, dpi, helpers)
     index_path = out_dir / INDEX_FILE
@@ -236,12 +239,19 @@ def regenerate_figures(
 
 
 def _per_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame], index: _Index) -> None:
-    vmax = max(float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()) or 1.0
+    """Per benchmark: the Q-Former's heatmap and block trajectories (where ``tables`` has it), the budget."""
+    vmax = max((float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()), default=0) or 1.0
     phases, trajectories, schedules = data.phases, data.trajectories, data.schedules
-    for benchmark, table in tables.items():
+    # Where other components shared the budget, the blocks' shares are of the Q-Former's part of it.
+    kept = "the Q-Former's kept rank" if data.finals["component"].nunique() > 1 else "kept rank"
+    for benchmark in sorted(data.finals["benchmark"].unique()):
         rows = data.finals[data.finals["benchmark"] == benchmark]
         part = _file_part(benchmark)
         seeds = _seeds_text(rows)
+        table = tables.get(benchmark)
+        if table is None:
+            _plan_budget_schedule(index, schedules, phases, benchmark, part)
+            continue
 
         index.plan(
             f"rank_heatmap_{part}", "Per benchmark",
@@ -256,16 +266,20 @@ def _per_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame], i
             f"Each block's share of the kept rank over the optimizer steps on {benchmark}, one thin line per "
             "seed and a thick mean, with the warmup, budgeting and final phases shaded.",
             plot_rank_trajectories, trajectories[trajectories["benchmark"] == benchmark], phases,
-            title=f"{benchmark}: share of kept rank per block over training",
-            ylabel="share of kept rank\n(last text FFN, no task gradient, excluded)",
+            title=f"{benchmark}: share of {kept} per block over training",
+            ylabel=f"share of {kept}\n(last text FFN, no task gradient, excluded)",
         )
-        index.plan(
-            f"budget_schedule_{part}", "Per benchmark",
-            f"The total rank budget of AdaLoRA's schedule and the total rank each run of {benchmark} kept, "
-            "over the optimizer steps, with the mask steps marked and the phases shaded.",
-            plot_budget_schedule, schedules[schedules["benchmark"] == benchmark], phases,
-            title=f"{benchmark}: rank budget and kept total rank",
-        )
+        _plan_budget_schedule(index, schedules, phases, benchmark, part)
+
+
+def _plan_budget_schedule(index: _Index, schedules: pd.DataFrame, phases: pd.DataFrame, benchmark: str, part: str):
+    index.plan(
+        f"budget_schedule_{part}", "Per benchmark",
+        f"The total rank budget of AdaLoRA's schedule and the total rank each run of {benchmark} kept, "
+        "over the optimizer steps, with the mask steps marked and the phases shaded.",
+        plot_budget_schedule, schedules[schedules["benchmark"] == benchmark], phases,
+        title=f"{benchmark}: rank budget and kept total rank",
+    )
 
 
 def _cross_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame], index: _Index, n_boot: int) -> None:
@@ -337,15 +351,16 @@ def _cross_benchmark_figures(data: _FigureData, tables: dict[str, pd.DataFrame],
 
 
 def _component_figures(data: _FigureData, index: _Index, n_boot: int) -> None:
-    """The figures of a budget shared by several components; none when the runs adapted the Q-Former only."""
+    """The heatmaps of every component but the Q-Former and, when several components shared the budget, their
+    shares; none when the runs adapted the Q-Former only."""
     records = data.finals
+    present = set(records.loc[records["layer"].notna(), "component"])
     components = [c for c in COMPONENTS if c in set(records["component"])]
-    if len(components) < 2:
-        return
-    section = "Components sharing the budget"
+    joint = len(components) > 1
+    section = "Components sharing the budget" if joint else "Per component"
     names = " and ".join(COMPONENT_TITLES[c] for c in components)
     trajectories = data.component_trajectories
-    for benchmark in sorted(records["benchmark"].unique()):
+    for benchmark in sorted(records["benchmark"].unique()) if joint else ():
         part = _file_part(benchmark)
         index.plan(
             f"component_share_{part}", section,
@@ -355,7 +370,7 @@ def _component_figures(data: _FigureData, index: _Index, n_boot: int) -> None:
             title=f"{benchmark}: share of the kept rank per component over training",
             ylabel="share of the whole kept rank\n(last text FFN, no task gradient, excluded)",
         )
-    for component in (c for c in components if c != "qformer"):
+    for component in (c for c in components if c != "qformer" and c in present):
         tables = heatmap_tables(records, component=component)
         vmax = max(float(np.nanmax(t.to_numpy(dtype=float), initial=0.0)) for t in tables.values()) or 1.0
         for benchmark, table in tables.items():
@@ -368,7 +383,7 @@ def _component_figures(data: _FigureData, index: _Index, n_boot: int) -> None:
                 plot_rank_heatmap, table, vmax=vmax,
                 title=f"{benchmark}: final AdaLoRA rank per {COMPONENT_TITLES[component]} module ({seeds})",
             )
-    for normalize in NORMALIZATIONS:
+    for normalize in NORMALIZATIONS if joint else ():
         intervals = block_share_ci_data(records, normalize=normalize, n_boot=n_boot, by="component")
         one_seed = intervals["n_seeds"].max() < 2
         ci_text = "no interval: 1 seed" if one_seed else "95% seed-bootstrap CI"

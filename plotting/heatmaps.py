@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch, Rectangle
 
-from .figure_data import COMPONENT_TITLES, structural_cells
+from qformer_budget.core.grammar import COMPONENT_TITLES
+
+from .figure_data import structural_cells
 from .style import EMPTY_CELL_COLOR, EMPTY_CELL_HATCH, EMPTY_LABEL, STRUCTURAL_LABEL
 
 

@@ -18,6 +18,12 @@ from qformer_budget.core.grammar import BLOCKS, COMPONENTS, in_block_order
 
 # One colour per block, defined once and used by every figure.
 BLOCK_COLORS: dict[str, str] = dict(zip(BLOCKS, ("#0072B2", "#E69F00", "#009E73", "#CC79A7"), strict=True))
+# The other components' blocks: attention in the Q-Former's attention colours, FFNs in its FFN colours.
+OTHER_COMPONENT_BLOCK_COLORS: dict[str, str] = {
+    "attn": "#0072B2", "mlp": "#009E73", "enc_self_attn": "#0072B2", "enc_ffn": "#009E73",
+    "dec_self_attn": "#56B4E9", "dec_cross_attn": "#E69F00", "dec_ffn": "#CC79A7",
+    "language_projection": "#F0E442", "lm_head": "#999999",
+}
 OTHER_BLOCK_COLOR = "0.5"  # a block outside the grammar (should not happen)
 # One colour per component, for the figures of a budget shared by the vision encoder, Q-Former and LLM.
 COMPONENT_COLORS: dict[str, str] = dict(zip(COMPONENTS, ("#56B4E9", "#0072B2", "#D55E00"), strict=True))
@@ -32,7 +38,7 @@ EMPTY_LABEL = "no module"
 
 def block_color(block: str) -> str:
     """The colour of ``block`` in every figure."""
-    return BLOCK_COLORS.get(block, OTHER_BLOCK_COLOR)
+    return BLOCK_COLORS.get(block) or OTHER_COMPONENT_BLOCK_COLORS.get(block, OTHER_BLOCK_COLOR)
 
 
 def unit_of(data) -> str:

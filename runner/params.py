@@ -30,7 +30,7 @@ from qformer_budget.vl_methods.memvp.config import MemVPConfig, memvp_trainable_
 from qformer_budget.vl_methods.memvp.layer import find_ffns
 
 from .methods import METHODS, MethodSettings
-from .presets import PRESETS, BlipModel, build_on_meta, get_preset
+from .presets import PRESETS, BlipModel, build_on_meta
 
 LLM_PLACEMENTS: tuple[str, ...] = ("llm_attn", "llm_ffn", "llm_all")
 QFORMER_ALL = "qformer_all"  # the paper's "all" Q-Former placement, taxonomy's paper_all
@@ -64,7 +64,6 @@ class Census:
     """What the accounting needs from one preset's architecture, read once off its meta build."""
 
     preset: str
-    llm_family: str
     linears: tuple[LinearShape, ...]
     full_qformer: int
     total: int
@@ -84,7 +83,7 @@ def census(preset: str) -> Census:
     )
     total = sum(p.numel() for p in model.parameters())
     return Census(
-        preset, get_preset(preset).llm_family, linears, full_qformer_parameters(model), total,
+        preset, linears, full_qformer_parameters(model), total,
         model.config.qformer_config.hidden_size, model.config.text_config.hidden_size,
         len(find_ffns(model.language_model)),
     )

@@ -132,6 +132,9 @@ def test_intervals_and_permutation_tests_at_the_component_level():
     blocks = block_share(records)
     with pytest.raises(ValueError, match=r"block 'self_attn' is in components \['llm', 'qformer'\]: give component= too"):
         permutation_test(blocks, "iconqa", "scienceqa", "self_attn")
+    with pytest.raises(ValueError, match="these block shares have no component column: give block= only"):
+        permutation_test(blocks.drop(columns="component").query("block == 'mlp'"), "iconqa", "scienceqa", "mlp",
+                         component="llm")
     llm_attention = permutation_test(blocks, "iconqa", "scienceqa", "self_attn", component="llm")
     assert llm_attention.loc[0, "mean_a"] == pytest.approx(np.mean([3 / 7, 2 / 4]))
     assert set(compare_benchmarks(blocks, n_permutations=100)["component"]) == {"qformer", "llm"}
@@ -187,6 +190,7 @@ class Scalars(LiveViewSink):
 
     def _log(self, step, scalars, figures):
         self.logged.append(scalars)
+        self.figures = figures
 
     def _close(self, status):
         pass
@@ -210,3 +214,32 @@ def test_records_read_without_the_component_column_take_it_from_the_labels(recor
     # With no label at all, records are version 1's: the Q-Former's.
     bare = records.drop(columns=["component", "sublayer", "module"])
     assert set(block_share(bare)["component"]) == {"qformer"}
+    # A module the grammar does not know is labelled by its name: not the Q-Former's.
+    unknown = records.assign(sublayer=records["sublayer"].replace({"llm.lm_head.dense": "value_head"}))
+    components = block_share(unknown.drop(columns=["component", "module"]))
+    assert set(components["component"]) == {"qformer", "llm", "other"}
+
+
+def test_t5_layer_shares_tell_encoder_and_decoder_apart():
+    frame = pd.DataFrame({
+        "run": "r", "benchmark": "b", "seed": 0, "step": 1, "component": "llm", "layer": [0, 0, 1],
+        "block": ["enc_self_attn", "dec_self_attn", "dec_ffn"], "rank": [1, 3, 4], "module": ["a", "b", "c"],
+    })
+    shares = layer_share(frame)
+    assert shares[["stack", "layer"]].values.tolist() == [["encoder", 0], ["decoder", 0], ["decoder", 1]]
+    assert shares["share"].tolist() == pytest.approx([1 / 8, 3 / 8, 4 / 8])
+    assert "stack" not in layer_share(joint_records(benchmarks=("iconqa",))).columns  # LLaMA: one stack
+
+
+def test_live_views_draw_the_qformer_heatmap_only_with_qformer_layers():
+    sink = Scalars()
+    sink.start({"benchmark": "iconqa", "seed": 0})
+    kept = np.ones((2, INIT_R), dtype=bool)
+    projection_and_llm = (ModuleInfo("language_projection", 8, 8), ModuleInfo(*MODULES[4]))
+    sink.write(StepRecord(benchmark="iconqa", seed=0, global_step=9, phase="budgeting", mask_step=True, budget=8,
+                          threshold=0.5, init_r=INIT_R, modules=projection_and_llm, direction_kept=kept,
+                          direction_scores=np.ones((2, INIT_R), dtype=np.float32)))
+    assert sink.figures == {} and sink.logged[0]["rank/language_projection"] == 4
+    sink.write(step_record("iconqa", 0, 19, FINAL[0]))
+    title = sink.figures["heatmap/rank"].axes[0].get_title()
+    assert title.endswith("budget 17, Q-Former kept 10")

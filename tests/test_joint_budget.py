@@ -13,7 +13,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from torch.utils.data import IterableDataset
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration, Trainer
 
 from qformer_budget.analysis import RecordError, load_runs
 from qformer_budget.core.records import ModuleInfo, StepRecord
@@ -21,11 +21,14 @@ from qformer_budget.core.schema import COLUMN_NAMES, RECORDS_FILE, RUN_META_FILE
 from qformer_budget.peft_hooks import (
     AdaLoraBudgetCallback,
     AdaLoraSetup,
+    BudgetRecorder,
     add_adalora,
     parse_module,
     target_modules_regex,
 )
 from qformer_budget.peft_hooks.sinks import ParquetSink
+from qformer_budget.plotting.explorer import explore
+from qformer_budget.plotting.figures import regenerate_figures
 
 from tiny_training import (
     ListSink,
@@ -146,7 +149,11 @@ def test_a_resumed_version_1_run_is_compacted_as_version_2(tmp_path):
     assert pq.read_schema(run / RECORDS_FILE).metadata[b"qformer_budget.schema_version"] == b"2"
     assert json.loads((run / RUN_META_FILE).read_text())["schema_version"] == 2
     assert (after["component"] == "qformer").all() and len(after) == len(before) + len(modules)
-    assert sorted(set(after["schema_version"])) == [1, 2]  # each row keeps the version it was written with
+    assert set(after["schema_version"]) == {2}  # the compacted file stores every row in version 2's form
+    pd.testing.assert_frame_equal(  # and the rows read before are the same rows
+        after[after["global_step"] <= last].drop(columns=["schema_version", "status"]),
+        before.drop(columns=["schema_version", "status"]),
+    )
 
 
 # --- beyond InstructBLIP: a plain LLaMA fine-tuned with AdaLoRA ---
@@ -197,3 +204,39 @@ def test_the_callback_records_a_plain_llama_under_the_llm_grammar(tmp_path, wrap
     for record, call in zip([r for r in kept.records if r.mask_step], spy.calls, strict=True):
         np.testing.assert_array_equal(record.direction_scores, call["scores"])
         assert record.threshold == call["threshold"]
+    if wrap == "add_adalora":  # the figures and the explorer of a run without a Q-Former: the LLM's own
+        written = {path.name for path in regenerate_figures(tmp_path, tmp_path / "figures", workers=1)}
+        assert {"rank_heatmap_llm_tokens.png", "budget_schedule_tokens.png"} <= written
+        assert not any(name.startswith(("component_share", "rank_trajectory")) for name in written)
+        assert "the Q-Former's figures: these runs adapted no Q-Former sublayer" in (tmp_path / "figures" / "index.md").read_text()
+        views = explore(records, n_boot=20).figures
+        assert list(views) == ["heatmap-llm-tokens", "trajectory-tokens", "block-shares"]
+        assert [trace.name for trace in views["block-shares"].data] == ["self_attn", "mlp"]
+
+
+def test_the_recorder_records_a_plain_t5_in_a_hand_written_loop(tmp_path):
+    """A seq2seq LM: encoder and decoder blocks told apart, ranks and scores as peft allocates them."""
+    total_step = 16
+    setup = AdaLoraSetup(total_step=total_step, placement="llm_all", tinit=3, tfinal=3, deltaT=3, init_r=4, target_r=2)
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=2,
+                                             num_decoder_layers=2, num_heads=4, decoder_start_token_id=0))
+    model = add_adalora(t5, setup, seed=0)
+    spy = PeftMaskSpy(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(1, 50, (total_step, 4, 8), generator=torch.Generator().manual_seed(1))
+    records = []
+    with BudgetRecorder(tmp_path / "t5", benchmark="copy") as recorder:
+        for step in range(total_step):
+            model(input_ids=ids[step], labels=ids[step]).loss.backward()
+            optimizer.step()
+            if (record := recorder.step(model, step)) is not None:
+                records.append(record)
+            optimizer.zero_grad()
+    loaded = load_runs(tmp_path / "t5")
+    assert set(loaded["component"]) == {"llm"}
+    assert set(loaded["block"]) == {"enc_self_attn", "enc_ffn", "dec_self_attn", "dec_cross_attn", "dec_ffn"}
+    pattern = model.peft_config["default"].rank_pattern
+    assert records[-1].ranks.tolist() == [sum(pattern[f"{m.module}.lora_E.default"]) for m in records[-1].modules]
+    for record, call in zip([r for r in records if r.mask_step], spy.calls, strict=True):
+        np.testing.assert_array_equal(record.direction_scores, call["scores"])

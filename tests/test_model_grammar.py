@@ -17,7 +17,16 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from qformer_budget.peft_hooks import COMPONENTS, ModulePosition, parse_module, parse_sublayer
+from qformer_budget.core.grammar import placement_component
+from qformer_budget.peft_hooks import (
+    COMPONENT_PLACEMENTS,
+    COMPONENTS,
+    ModulePosition,
+    parse_module,
+    parse_sublayer,
+    placement_regexes,
+    target_modules_regex,
+)
 
 VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
               patch_size=8)
@@ -98,3 +107,39 @@ def test_blocks_and_projections_of_each_component():
 def test_the_parser_never_fails_on_arbitrary_text(name):
     position = parse_module(name)
     assert position is None or position.component in COMPONENTS
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_each_placement_part_takes_modules_of_its_component_only(model_name):
+    model = MODELS[model_name]()
+    positions = {name: parse_module(name) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    for part in [*COMPONENT_PLACEMENTS, "paper_all", "all_linear"]:
+        pattern = re.compile(target_modules_regex(part))
+        taken = {name for name in positions if pattern.fullmatch(name)}
+        assert {positions[name].component for name in taken} <= {placement_component(part)}, part
+    # "all linear" is every Linear inside the component's layers; the LLM's attention placement is q and v only.
+    for component, part in (("llm", "llm_all_linear"), ("vision", "vision_all_linear")):
+        inside = {n for n, p in positions.items() if p.component == component and p.layer is not None}
+        assert {n for n in positions if re.fullmatch(target_modules_regex(part), n)} == inside
+    attention = {positions[n].proj for n in positions if re.fullmatch(target_modules_regex("llm_attn"), n)}
+    assert attention in ({"q", "v"}, {"q_proj", "v_proj"}, set())
+    joint = {n for n in positions if re.fullmatch(target_modules_regex("paper_all+llm_all"), n)}
+    assert joint == {n for part in ("paper_all", "llm_all") for n in positions if re.fullmatch(target_modules_regex(part), n)}
+
+
+@pytest.mark.parametrize(
+    "placement, layers, message",
+    [
+        ("paper_all+llm_mlp", None, r"unknown placement 'llm_mlp'; known placements: .*, joined with '\+'"),
+        ("llm_all+llm_all", None, r"placement 'llm_all\+llm_all' names a part twice"),
+        ("paper_all+qformer_all", None, r"placement 'paper_all\+qformer_all' names a part twice"),
+        ("paper_all+llm_all", [0, 2], r"layers chooses Q-Former layers; placement part 'llm_all' is outside the Q-Former"),
+    ],
+)
+def test_placements_that_cannot_be_built_are_refused(placement, layers, message):
+    with pytest.raises(ValueError, match=message):
+        placement_regexes(placement, layers)
+
+
+def test_qformer_all_is_the_papers_all():
+    assert target_modules_regex("qformer_all") == target_modules_regex("paper_all")
