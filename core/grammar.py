@@ -287,18 +287,19 @@ COMPONENT_PLACEMENTS: dict[str, tuple[str, str]] = {
 COMPONENT_BLOCK_PROJS: dict[str, dict[str, tuple[str, ...]]] = {
     "vision": {"attn": ("qkv", "projection"), "mlp": ("fc1", "fc2")},
     "qformer": {**BLOCK_PROJS, "language_projection": ("dense",)},
-    "llm": {
-        **{block: ("q", "k", "v", "o") for block in ("enc_self_attn", "dec_self_attn", "dec_cross_attn")},
+    "llm": {  # T5's encoder, then its decoder; LLaMA's layers; the head
+        "enc_self_attn": ("q", "k", "v", "o"),
         "enc_ffn": ("wi", "wi_0", "wi_1", "wo"),
+        "dec_self_attn": ("q", "k", "v", "o"),
+        "dec_cross_attn": ("q", "k", "v", "o"),
         "dec_ffn": ("wi", "wi_0", "wi_1", "wo"),
         "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
         "mlp": ("gate_proj", "up_proj", "down_proj"),
         "lm_head": ("dense",),
     },
 }
-_LLM_BLOCK_ORDER = ("enc_self_attn", "enc_ffn", "dec_self_attn", "dec_cross_attn", "dec_ffn", "self_attn", "mlp")
 BLOCK_ORDER: tuple[str, ...] = tuple(dict.fromkeys(
-    (*BLOCKS, "language_projection", "attn", "mlp", *_LLM_BLOCK_ORDER, "lm_head")
+    block for blocks in (COMPONENT_BLOCK_PROJS[c] for c in ("qformer", "vision", "llm")) for block in blocks
 ))
 PROJ_ORDER: tuple[str, ...] = tuple(dict.fromkeys(
     projection for blocks in COMPONENT_BLOCK_PROJS.values() for projs in blocks.values() for projection in projs

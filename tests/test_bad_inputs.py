@@ -411,13 +411,12 @@ CASES: tuple[BadInput, ...] = (
     BadInput(
         "config-placement-escapes", "sweep config with placement = \"../../../../tmp/elsewhere\"",
         config_file(GOOD_SWEEP.replace('"all_linear"', '"../../../../tmp/elsewhere"')), ConfigError,
-        r"sweep\.toml \[\[methods\]\]\[0\]: placement '\.\./\.\./\.\./\.\./tmp/elsewhere' gives the method tag "
-        r".*which cannot name a run folder",
+        r"sweep\.toml \[\[methods\]\]\[0\]: unknown placement '\.\./\.\./\.\./\.\./tmp/elsewhere'; known placements",
     ),
     BadInput(
         "config-placement-absolute", "sweep config with placement = \"/etc\"",
         config_file(GOOD_SWEEP.replace('"all_linear"', '"/etc"')), ConfigError,
-        r"sweep\.toml \[\[methods\]\]\[0\]: placement '/etc' gives the method tag 'adalora-/etc-r12to4'",
+        r"sweep\.toml \[\[methods\]\]\[0\]: unknown placement '/etc'; known placements",
     ),
     BadInput(
         "scienceqa-missing-image", "ScienceQA problem whose image file is gone",
