@@ -352,8 +352,9 @@ def explore(
     (a plain LLM); each component in layers gets its heatmap.
     """
     records = records.assign(benchmark=records["benchmark"].astype(str))
-    in_layers = set(component_of(records)[records["layer"].notna().to_numpy()])
-    components = [c for c in COMPONENTS if c in set(component_of(records))]
+    component = component_of(records)
+    in_layers = set(component[records["layer"].notna().to_numpy()].unique())
+    components = [c for c in COMPONENTS if c in set(component.unique())]
     drawn = [c for c in components if c in in_layers]  # a component of layerless modules only has no heatmap
     main = "qformer" if "qformer" in drawn else drawn[0]  # whose blocks the trajectories and shares show
     cells = {component: allocation_cells(records, heatmap_steps, component) for component in drawn}

@@ -34,7 +34,8 @@ def plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 def component_rows(records: pd.DataFrame, component: str) -> pd.DataFrame:
     """The rows of one component that sit in a layer (the projection and the LM head have none)."""
-    rows = records[(component_of(records) == component).to_numpy()].dropna(subset=["layer"])
+    of_component = (component_of(records) == component).to_numpy()
+    rows = (records if of_component.all() else records[of_component]).dropna(subset=["layer"])
     if rows.empty:
         raise ValueError(f"no {COMPONENT_TITLES.get(component, component)} records to draw: no row of component "
                          f"{component!r} has a layer")

@@ -172,13 +172,15 @@ def _prepare(runs_dir: str | os.PathLike, method: str | None) -> _FigureData:
         pieces["finals"].append(last_recorded_step(records))
         pieces["scored"].append(last_scored_step(records))
         pieces["trajectories"].append(trajectory_data(records, value="share", normalize="rank"))
-        pieces["component_trajectories"].append(trajectory_data(records, value="share", by="component"))
+        if records["component"].nunique() > 1:  # a budget shared by several components
+            pieces["component_trajectories"].append(trajectory_data(records, value="share", by="component"))
         pieces["schedules"].append(budget_schedule_data(records))
         pieces["phases"].append(phase_spans(records))
         del records
     # Labels become plain strings: each benchmark's categoricals have their own categories.
     return _FigureData(**{
-        name: plain_labels(pd.concat(frames, ignore_index=True)) for name, frames in pieces.items()
+        name: plain_labels(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+        for name, frames in pieces.items()
     })
 
 
