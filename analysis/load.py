@@ -9,7 +9,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +18,7 @@ from qformer_budget.core.run_folder import (
     Filters,
     RecordError,
     check_regular_file,
+    constant_labels,
     read_record_file,
     read_run_meta,
     read_schema,
@@ -99,11 +99,6 @@ def _check_filters(filters: Filters | None) -> None:
         raise ValueError(f"filters on {unknown}: filters apply to the record columns {known}")
 
 
-def _constant_labels(value: str, n_rows: int) -> pa.DictionaryArray:
-    """``value`` repeated ``n_rows`` times, stored once."""
-    return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([value], pa.string()))
-
-
 def _read_run_table(
     run_dir: Path, columns: list[str], filters: Filters | None, categorical: bool
 ) -> pa.Table:
@@ -133,8 +128,8 @@ def _read_run_table(
         parts_dir = run_dir / RECORDS_PARTS_DIR
         dropped += [f"{p.name} (being written when the process stopped)" for p in sorted(parts_dir.glob(".part-*"))]
         _warn_unclosed(run_dir, table, dropped)
-    table = table.add_column(0, "run", _constant_labels(str(run_dir), table.num_rows))
-    return table.append_column("status", _constant_labels(str(meta.get("status", "unknown")), table.num_rows))
+    table = table.add_column(0, "run", constant_labels(str(run_dir), table.num_rows))
+    return table.append_column("status", constant_labels(str(meta.get("status", "unknown")), table.num_rows))
 
 
 def _check_duplicates(run_dir: Path, table: pa.Table, modules: list | None) -> None:

@@ -81,8 +81,8 @@ def run_summary(
     wide_shares = shares.pivot(index=list(RUN_KEYS), columns="key", values="share")[blocks]
     wide_settle = settle.pivot(index=list(RUN_KEYS), columns="key", values="settle_step")[blocks]
     out = out.merge(entropy[[*RUN_KEYS, "normalized_entropy"]], on=list(RUN_KEYS), how="left")
-    components = component_share(records, "final", normalize, include_structural)
-    if components["component"].nunique() > 1:
+    if component_of(final).nunique() > 1:
+        components = component_share(records, "final", normalize, include_structural)
         names = list(dict.fromkeys(components["component"].astype(str)))
         wide = components.astype({"component": str}).pivot(index=list(RUN_KEYS), columns="component", values="share")
         out = out.merge(wide[names].add_prefix("share_").reset_index(), on=list(RUN_KEYS), how="left")

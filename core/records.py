@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from qformer_budget.core.grammar import ModulePosition, Sublayer, parse_module, parse_sublayer
+from qformer_budget.core.grammar import ModulePosition, parse_module
 from qformer_budget.core.schema import RECORD_SCHEMA, SCHEMA_VERSION
 
 
@@ -19,11 +19,6 @@ class ModuleInfo:
     module: str
     in_features: int
     out_features: int
-
-    @property
-    def sublayer(self) -> Sublayer | None:
-        """Where it sits in the Q-Former; None elsewhere."""
-        return parse_sublayer(self.module)
 
     @property
     def position(self) -> ModulePosition | None:

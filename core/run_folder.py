@@ -153,9 +153,14 @@ def read_record_file(
     return table
 
 
+def constant_labels(value: str, n_rows: int) -> pa.DictionaryArray:
+    """``value`` repeated ``n_rows`` times, stored once."""
+    return pa.DictionaryArray.from_arrays(np.zeros(n_rows, dtype=np.int32), pa.array([value], pa.string()))
+
+
 def _as_version_2(table: pa.Table, filters: Filters | None) -> pa.Table:
     """Version-1 rows (Q-Former records) with their ``component`` column, then ``filters`` applied."""
-    table = table.append_column("component", pa.array([V1_COMPONENT] * table.num_rows, pa.string()))
+    table = table.append_column("component", constant_labels(V1_COMPONENT, table.num_rows))
     if filters is None:
         return table
     return table.filter(filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters))

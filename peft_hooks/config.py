@@ -81,8 +81,8 @@ class AdaLoraSetup:
         if self.orth_reg_weight < 0:
             raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
         if self.target_regex is None:
-            regexes = placement_regexes(self.placement, self.layers)  # refuses unknown parts
-            if list(regexes) == ["qformer"] or (isinstance(self.placement, str) and self.placement in PLACEMENTS):
+            placement_regexes(self.placement, self.layers)  # refuses unknown parts
+            if not isinstance(self.placement, str) or self.placement in PLACEMENTS:
                 self.placement = {b: list(p) for b, p in resolve_placement(self.placement).items()}
 
     @classmethod

@@ -102,8 +102,10 @@ class LiveViewSink(RecordSink):
         ranks = record.ranks
         block_ranks = self._per_block(ranks)
         total = block_ranks.sum()
-        component_ranks = np.bincount(self._component_of, weights=ranks, minlength=len(self._components))
-        for unit, rank in [*zip(self._blocks, block_ranks), *zip(self._components, component_ranks)]:
+        units = list(zip(self._blocks, block_ranks))
+        if self._components:  # several components share the budget
+            units += zip(self._components, np.bincount(self._component_of, weights=ranks))
+        for unit, rank in units:
             values[f"rank/{unit}"] = float(rank)
             if total > 0:  # a share of nothing is undefined
                 values[f"share/{unit}"] = float(rank / total)

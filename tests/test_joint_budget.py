@@ -33,8 +33,8 @@ from qformer_budget.plotting.figures import regenerate_figures
 from tiny_training import (
     ListSink,
     PeftMaskSpy,
+    spied_loop_run,
     tiny_setup,
-    train_with_loop,
     train_with_trainer,
     trainer_arguments,
 )
@@ -58,10 +58,7 @@ def assert_records_are_pefts(model, records, spy):
 
 @pytest.fixture(scope="module")
 def joint_loop(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("joint") / "run"
-    spies = []
-    model, records = train_with_loop(run_dir, JOINT, on_model=lambda m: spies.append(PeftMaskSpy(m)))
-    return {"dir": run_dir, "model": model, "records": records, "spy": spies[0]}
+    return spied_loop_run(tmp_path_factory.mktemp("joint") / "run", JOINT)
 
 
 def test_a_joint_loop_run_records_both_components_as_peft_allocates_them(joint_loop):

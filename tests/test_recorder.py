@@ -23,24 +23,14 @@ from qformer_budget.peft_hooks import sinks as sinks_module
 from qformer_budget.runner.collate import InstructBlipCollator
 from qformer_budget.runner.tiny import build_tiny_instructblip
 
-from tiny_training import (
-    PeftMaskSpy,
-    record_random_steps,
-    tiny_adalora,
-    tiny_setup,
-    train_with_loop,
-    train_with_trainer,
-)
+from tiny_training import record_random_steps, spied_loop_run, tiny_adalora, tiny_setup, train_with_trainer
 
 SETUP = tiny_setup(total_step=40)  # tinit 5, tfinal 5, deltaT 5: masks at 10, 15, ..., 30 and the final one at 35
 
 
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("loop") / "run"
-    spies = []
-    model, records = train_with_loop(run_dir, SETUP, on_model=lambda m: spies.append(PeftMaskSpy(m)))
-    return {"dir": run_dir, "model": model, "records": records, "spy": spies[0]}
+    return spied_loop_run(tmp_path_factory.mktemp("loop") / "run", SETUP)
 
 
 def test_recorded_scores_and_masks_are_pefts_own(loop_run):

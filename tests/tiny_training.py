@@ -83,6 +83,13 @@ def train_with_loop(
     return model, records
 
 
+def spied_loop_run(run_dir, setup: AdaLoraSetup) -> dict:
+    """A hand-written loop run with a :class:`PeftMaskSpy` on peft's allocator: its folder, model, records, spy."""
+    spies = []
+    model, records = train_with_loop(run_dir, setup, on_model=lambda m: spies.append(PeftMaskSpy(m)))
+    return {"dir": run_dir, "model": model, "records": records, "spy": spies[0]}
+
+
 def trainer_arguments(output_dir, setup: AdaLoraSetup, seed: int = 0) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=BATCH, max_steps=setup.total_step,
